@@ -1,0 +1,64 @@
+"""Deterministic train / calibration / test split.
+
+Stratified by label so every split keeps the class balance, and seeded with numpy's PCG64 (`default_rng`), whose
+permutations are stable across numpy versions. The calibration split chooses every policy's threshold; the test
+split is only ever reported, never used to choose anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from beem.data.examples import LabelledDataset
+
+SPLIT_NAMES = ("train", "calibration", "test")
+DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+DEFAULT_SPLIT_SEED = 20240611
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    train: LabelledDataset
+    calibration: LabelledDataset
+    test: LabelledDataset
+
+    def by_name(self, name: str) -> LabelledDataset:
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLIT_NAMES)}")
+        split: LabelledDataset = getattr(self, name)
+        return split
+
+
+def split_indices(
+    labels: list[int], fractions: tuple[float, float, float], seed: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Per label, shuffle its indices and cut them by `fractions`; each split is returned in ascending order."""
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
+        raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    label_array = np.asarray(labels)
+    parts: list[list[int]] = [[], [], []]
+    for label in sorted(set(labels)):
+        members = np.flatnonzero(label_array == label)
+        shuffled = members[rng.permutation(len(members))]
+        first = round(len(members) * fractions[0])
+        second = first + round(len(members) * fractions[1])
+        for part, chunk in zip(parts, (shuffled[:first], shuffled[first:second], shuffled[second:]), strict=True):
+            part.extend(int(i) for i in chunk)
+    train, calibration, test = (sorted(part) for part in parts)
+    return train, calibration, test
+
+
+def split_dataset(
+    dataset: LabelledDataset,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> DataSplits:
+    train, calibration, test = split_indices(dataset.labels(), fractions, seed)
+    return DataSplits(
+        train=dataset.subset(train, "#train"),
+        calibration=dataset.subset(calibration, "#calibration"),
+        test=dataset.subset(test, "#test"),
+    )

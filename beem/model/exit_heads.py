@@ -1,0 +1,68 @@
+"""One classifier ("expert") after every encoder layer.
+
+Head i reads layer i's output, pools it to one vector per sample, passes it through a pooler (dense + tanh) and a
+linear layer (DESIGN 3.4). Two design choices are configurable because they change how good the early exits are:
+`pooling` = "cls" (the paper's) or "mean" (masked mean over tokens, how the default backbone was pre-trained as a
+sentence encoder), and `shared_pooler` (one pooler for every exit, the paper's, or one per exit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+POOLING_MODES = ("cls", "mean")
+
+
+@dataclass(frozen=True)
+class ExitHeadSpec:
+    num_layers: int
+    hidden_size: int
+    num_labels: int
+    pooling: str = "mean"
+    shared_pooler: bool = False
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.num_layers < 1 or self.num_labels < 2:
+            raise ValueError("exit heads need at least one layer and two labels")
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, T, H) hidden states and (B, T) mask -> (B, H), ignoring padding so batching never changes a row."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class ExitHeads(nn.Module):
+    def __init__(self, spec: ExitHeadSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        pooler_count = 1 if spec.shared_pooler else spec.num_layers
+        self.poolers = nn.ModuleList(nn.Linear(spec.hidden_size, spec.hidden_size) for _ in range(pooler_count))
+        self.classifiers = nn.ModuleList(nn.Linear(spec.hidden_size, spec.num_labels) for _ in range(spec.num_layers))
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def init_poolers_from(self, pretrained_pooler_dense: nn.Linear) -> None:
+        """Start every pooler from the backbone's pre-trained pooler, as a single-exit fine-tune would."""
+        for pooler in self.poolers:
+            assert isinstance(pooler, nn.Linear)
+            pooler.load_state_dict(pretrained_pooler_dense.state_dict())
+
+    def forward(self, exit_index: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of exit `exit_index` (0-based): (B, T, H), (B, T) -> (B, num_labels)."""
+        pooled = pool_hidden(hidden, attention_mask, self.spec.pooling)  # (B, H)
+        pooler = self.poolers[0 if self.spec.shared_pooler else exit_index]
+        features = torch.tanh(pooler(self.dropout(pooled)))
+        classifier: nn.Module = self.classifiers[exit_index]
+        logits: torch.Tensor = classifier(self.dropout(features))
+        return logits

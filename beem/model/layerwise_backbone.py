@@ -1,0 +1,101 @@
+"""Run a BERT-family encoder one layer at a time.
+
+Training, calibration and serving all walk the encoder through this adapter, so the three see the same numbers.
+The recipe (embeddings -> transformers' bidirectional mask -> each layer module) was checked bit-exact against
+`output_hidden_states`. MPNet additionally needs its relative position bias, computed once per batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+
+# Model types whose encoder is `encoder.layer[i](hidden, attention_mask)`; MPNet adds a position bias.
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "mpnet")
+
+
+@dataclass(frozen=True)
+class EncoderState:
+    """Where a batch is between layers. Every tensor's first dimension is the batch row."""
+
+    hidden: torch.Tensor  # (B, T, H) output of the last layer run (the embeddings before layer 1)
+    attention_mask: torch.Tensor  # (B, T) 1 for a token, 0 for padding
+    layer_mask: torch.Tensor | None  # the mask the layer modules take: (B, 1, T, T) / (B, 1, 1, T), or None
+    position_bias: torch.Tensor | None  # MPNet only: (B, heads, T, T)
+    layers_done: int  # how many encoder layers `hidden` has passed through
+
+    def select_rows(self, rows: torch.Tensor) -> EncoderState:
+        """Keep only `rows` (a 1-D index tensor): how the engine drops samples that have exited."""
+        return replace(
+            self,
+            hidden=self.hidden.index_select(0, rows),
+            attention_mask=self.attention_mask.index_select(0, rows),
+            layer_mask=_select_or_keep(self.layer_mask, rows),
+            position_bias=_select_or_keep(self.position_bias, rows),
+        )
+
+
+def _select_or_keep(tensor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    # A mask broadcast over the batch (first dimension 1) applies to any subset unchanged.
+    if tensor is None or tensor.shape[0] == 1:
+        return tensor
+    return tensor.index_select(0, rows)
+
+
+class LayerwiseBackbone(nn.Module):
+    """Wraps a transformers encoder (`PreTrainedModel` with `.embeddings` and `.encoder.layer`)."""
+
+    def __init__(self, encoder_model: PreTrainedModel) -> None:
+        super().__init__()
+        model_type = encoder_model.config.model_type
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"backbone model_type {model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"
+            )
+        self.model = encoder_model
+        self.uses_position_bias = model_type == "mpnet"
+        embeddings_forward = inspect.signature(encoder_model.embeddings.forward).parameters
+        self.takes_token_types = "token_type_ids" in embeddings_forward
+        # ELECTRA-small projects embeddings up to the hidden size before layer 1.
+        self.embeddings_project: nn.Module | None = getattr(encoder_model, "embeddings_project", None)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.encoder.layer)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor,  # (B, T)
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+    ) -> EncoderState:
+        if self.takes_token_types and token_type_ids is not None:
+            hidden = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        else:
+            hidden = self.model.embeddings(input_ids=input_ids)
+        if self.embeddings_project is not None:
+            hidden = self.embeddings_project(hidden)
+        layer_mask = create_bidirectional_mask(
+            config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+        position_bias = self.model.encoder.compute_position_bias(hidden) if self.uses_position_bias else None
+        return EncoderState(hidden, attention_mask, layer_mask, position_bias, layers_done=0)
+
+    def run_layer(self, state: EncoderState) -> EncoderState:
+        """Run the next encoder layer (layer `state.layers_done + 1`, 1-based) on every row of the batch."""
+        layer = self.model.encoder.layer[state.layers_done]
+        if self.uses_position_bias:
+            output = layer(state.hidden, state.layer_mask, state.position_bias)
+        else:
+            output = layer(state.hidden, attention_mask=state.layer_mask)
+        hidden = output[0] if isinstance(output, tuple) else output
+        return replace(state, hidden=hidden, layers_done=state.layers_done + 1)

@@ -1,0 +1,60 @@
+"""Named build recipes: which backbone, which exit heads, how to train, which calibration rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from beem.data.rotten_tomatoes import REPO_DATA_FILE
+from beem.data.splits import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED
+from beem.training.trainer import TrainingConfig
+
+
+@dataclass(frozen=True)
+class BuildPreset:
+    name: str
+    backbone: str  # a name from beem.model.pretrained_backbones or a local directory
+    bundle_name: str
+    pooling: str = "mean"
+    shared_pooler: bool = False
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data_file: str = str(REPO_DATA_FILE)
+    split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    split_seed: int = DEFAULT_SPLIT_SEED
+    selection_rule: str = "paired"
+    # The bundle's weights are stored in this dtype; calibration runs on the weights as stored.
+    storage_dtype: str = "float16"
+
+
+PRESETS: dict[str, BuildPreset] = {
+    "default": BuildPreset(
+        name="default",
+        backbone="minilm-l6",
+        bundle_name="minilm-rt-sentiment",
+        training=TrainingConfig(epochs=3, distillation_weight=1.0),
+    ),
+    # The paper's head (CLS token, one shared pooler) and loss (no distillation): the baseline to compare against.
+    "paper": BuildPreset(
+        name="paper",
+        backbone="minilm-l6",
+        bundle_name="minilm-rt-sentiment-paper-heads",
+        pooling="cls",
+        shared_pooler=True,
+        training=TrainingConfig(epochs=3, distillation_weight=0.0),
+    ),
+    "large": BuildPreset(
+        name="large",
+        backbone="mpnet-base",
+        bundle_name="mpnet-rt-sentiment",
+        training=TrainingConfig(epochs=3, batch_size=16, learning_rate=3e-5, distillation_weight=1.0),
+    ),
+}
+
+
+def get_preset(name: str) -> BuildPreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def with_training(preset: BuildPreset, **changes: object) -> BuildPreset:
+    return replace(preset, training=replace(preset.training, **changes))  # type: ignore[arg-type]

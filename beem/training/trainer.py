@@ -1,0 +1,101 @@
+"""Joint fine-tuning of the backbone and every exit head (DESIGN 3.4).
+
+AdamW with linear warm-up and decay, a fixed seed, a progress bar with loss and throughput, and a checkpoint at the
+end of each epoch from which `train` resumes when it is called again on the same directory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from beem.data.examples import LabelledDataset
+from beem.data.tokenized_batch import tokenize_examples
+from beem.model.multi_exit_model import MultiExitModel
+from beem.training.checkpoint import TrainerProgress, load_checkpoint, save_checkpoint
+from beem.training.exit_losses import multi_exit_loss
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 8e-5
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    distillation_weight: float = 0.0
+    distillation_temperature: float = 2.0
+    max_length: int = 128
+    seed: int = 13
+    max_steps_per_epoch: int | None = None  # caps an epoch; for smoke tests and quick trials
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _optimizer(model: MultiExitModel, config: TrainingConfig) -> torch.optim.AdamW:
+    # Biases and LayerNorm weights are not decayed (the usual BERT fine-tuning recipe).
+    decayed, undecayed = [], []
+    for name, parameter in model.named_parameters():
+        (undecayed if parameter.ndim < 2 or "LayerNorm" in name else decayed).append(parameter)
+    return torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": config.weight_decay}, {"params": undecayed, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+    )
+
+
+def _steps_per_epoch(train_size: int, config: TrainingConfig) -> int:
+    steps = math.ceil(train_size / config.batch_size)
+    return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
+
+
+def train(
+    model: MultiExitModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_set: LabelledDataset,
+    config: TrainingConfig,
+    checkpoint_dir: Path,
+) -> TrainerProgress:
+    """Train in place; resumes from `checkpoint_dir` when it holds an earlier checkpoint of this run."""
+    optimizer = _optimizer(model, config)
+    steps_per_epoch = _steps_per_epoch(len(train_set), config)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
+    progress = load_checkpoint(checkpoint_dir, model, optimizer) or TrainerProgress(0, 0, ())
+    for _ in range(progress.optimizer_steps):
+        scheduler.step()  # replay the schedule to where the checkpoint left it
+    labels = torch.tensor(train_set.labels())
+    for epoch in range(progress.epochs_done, config.epochs):
+        model.train()
+        torch.manual_seed(config.seed + epoch)  # dropout masks of this epoch
+        order = np.random.default_rng(config.seed + epoch).permutation(len(train_set))
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
+        loss_sum, seen, started = 0.0, 0, time.perf_counter()
+        for step in bar:
+            rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+            batch = tokenize_examples(tokenizer, [train_set.examples[i] for i in rows], config.max_length)
+            exit_logits = model.all_exit_logits(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            loss = multi_exit_loss(
+                exit_logits, labels[rows], config.distillation_weight, config.distillation_temperature
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(rows)
+            seen += len(rows)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", samples_per_s=f"{seen / (time.perf_counter() - started):.1f}")
+        progress = TrainerProgress(
+            epoch + 1, progress.optimizer_steps + steps_per_epoch, (*progress.epoch_losses, loss_sum / seen)
+        )
+        save_checkpoint(checkpoint_dir, model, optimizer, progress)
+    model.eval()
+    return progress
