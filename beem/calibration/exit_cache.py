@@ -1,0 +1,99 @@
+"""Run the model once over a split and keep what every exit said about every sample (DESIGN 3.3, step 1).
+
+Every policy is a deterministic function of this cache, so thresholds are searched without the model, and the
+same cache on the test split gives each policy's test accuracy and exit depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from transformers import PreTrainedTokenizerBase
+
+from beem.data.examples import LabelledDataset
+from beem.data.tokenized_batch import tokenize_examples
+from beem.model.multi_exit_model import MultiExitModel
+from beem.policies.exit_policies import ExitObservation
+
+
+@dataclass(frozen=True)
+class ExitCache:
+    exit_labels: np.ndarray  # (N, L) int64, argmax of each exit
+    confidences: np.ndarray  # (N, L) float64, max probability of each exit
+    entropies: np.ndarray  # (N, L) float64, entropy of each exit's distribution (nats)
+    targets: np.ndarray  # (N,) int64, true labels
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.exit_labels.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.exit_labels.shape[1])
+
+    def correct(self) -> np.ndarray:
+        """(N, L) bool: exit i right about sample n."""
+        return self.exit_labels == self.targets[:, None]
+
+    def exit_accuracies(self) -> np.ndarray:
+        return self.correct().mean(axis=0)
+
+    def observations(self, sample: int) -> list[ExitObservation]:
+        return [
+            ExitObservation(int(label), float(confidence), float(entropy))
+            for label, confidence, entropy in zip(
+                self.exit_labels[sample], self.confidences[sample], self.entropies[sample], strict=True
+            )
+        ]
+
+    def take(self, rows: np.ndarray) -> ExitCache:
+        return ExitCache(self.exit_labels[rows], self.confidences[rows], self.entropies[rows], self.targets[rows])
+
+    def save(self, path: Path) -> None:
+        save_file({
+            "exit_labels": self.exit_labels, "confidences": self.confidences,
+            "entropies": self.entropies, "targets": self.targets,
+        }, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> ExitCache:
+        arrays = load_file(str(path))
+        return cls(arrays["exit_labels"], arrays["confidences"], arrays["entropies"], arrays["targets"])
+
+
+def exit_summaries(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(..., C) logits -> labels, max probabilities and entropies, each (...). Shared with the server."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    probs = log_probs.exp()
+    confidences, labels = probs.max(dim=-1)
+    entropies = -(probs * log_probs).sum(dim=-1)
+    return labels, confidences, entropies
+
+
+@torch.inference_mode()
+def compute_exit_cache(
+    model: MultiExitModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: LabelledDataset,
+    max_length: int,
+    batch_size: int = 64,
+) -> ExitCache:
+    model.eval()
+    labels, confidences, entropies = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = tokenize_examples(tokenizer, dataset.examples[start : start + batch_size], max_length)
+        logits = model.all_exit_logits(batch.input_ids, batch.attention_mask, batch.token_type_ids)  # (L, B, C)
+        batch_labels, batch_confidences, batch_entropies = exit_summaries(logits.transpose(0, 1))  # (B, L) each
+        labels.append(batch_labels.numpy())
+        confidences.append(batch_confidences.double().numpy())
+        entropies.append(batch_entropies.double().numpy())
+    return ExitCache(
+        np.concatenate(labels).astype(np.int64),
+        np.concatenate(confidences),
+        np.concatenate(entropies),
+        np.asarray(dataset.labels(), dtype=np.int64),
+    )

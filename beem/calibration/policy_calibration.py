@@ -1,0 +1,129 @@
+"""Calibrate every serving policy on one exit cache and describe the result as JSON (`calibration.json`).
+
+BEEM-A's weights are the exits' calibration accuracies and BEEM-C's are i / L; each policy's threshold then comes
+from `search_threshold` with the bundle's selection rule. The whole trade-off curve, the per-exit error rates and
+the Theorem 3.1 terms are kept so the report can show why a threshold was chosen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from beem.calibration.exit_cache import ExitCache
+from beem.calibration.theorem_terms import theorem_terms
+from beem.calibration.threshold_search import (
+    ExitOutcome,
+    ThresholdSearch,
+    outcome_at,
+    score_trajectories,
+    search_threshold,
+)
+from beem.policies.exit_policies import (
+    BeemPolicy,
+    EntropyPolicy,
+    ExitPolicy,
+    FullDepthPolicy,
+    MaxProbPolicy,
+    PatiencePolicy,
+    StaticPolicy,
+    beem_a_weights,
+    beem_c_weights,
+)
+from beem.policies.oracle import oracle_exit_layers
+from beem.policies.policy_registry import json_number, policy_params_json
+
+CURVE_POINTS_KEPT = 200
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    selection_rule: str = "paired"
+    min_count: int = 5
+    count_first_exit: bool = True
+    reset: str = "restart"
+
+
+@dataclass(frozen=True)
+class CalibratedPolicy:
+    policy: ExitPolicy  # with the chosen threshold
+    search: ThresholdSearch | None  # None for full depth, which has nothing to choose
+
+
+def uncalibrated_policies(cache: ExitCache, options: CalibrationOptions) -> list[ExitPolicy]:
+    """Every serving policy with the weights it needs and a placeholder threshold."""
+    num_layers = cache.num_layers
+    return [
+        BeemPolicy("beem-a", beem_a_weights(cache.exit_accuracies().tolist()), math.inf,
+                   options.count_first_exit, options.reset),
+        BeemPolicy("beem-c", beem_c_weights(num_layers), math.inf, options.count_first_exit, options.reset),
+        MaxProbPolicy(math.inf),
+        EntropyPolicy(-math.inf),
+        PatiencePolicy(math.inf),
+        StaticPolicy(num_layers),
+        FullDepthPolicy(),
+    ]
+
+
+def calibrate_policies(cache: ExitCache, options: CalibrationOptions) -> dict[str, CalibratedPolicy]:
+    calibrated: dict[str, CalibratedPolicy] = {}
+    for policy in uncalibrated_policies(cache, options):
+        if isinstance(policy, FullDepthPolicy):
+            calibrated[policy.name] = CalibratedPolicy(policy, None)
+            continue
+        search = search_threshold(policy, cache, options.selection_rule, options.min_count)
+        calibrated[policy.name] = CalibratedPolicy(policy.with_threshold(search.chosen.threshold), search)
+    return calibrated
+
+
+def evaluate_policy(policy: ExitPolicy, cache: ExitCache) -> ExitOutcome:
+    """What a calibrated policy does on a (different) cached split, through the same policy code."""
+    return outcome_at(cache, score_trajectories(policy, cache), policy.threshold)
+
+
+def _outcome_json(outcome: ExitOutcome, num_layers: int) -> dict[str, object]:
+    return {
+        "threshold": json_number(outcome.threshold),
+        "accuracy": outcome.accuracy,
+        "mean_exit_layer": outcome.mean_exit_layer,
+        "layer_speedup": num_layers / outcome.mean_exit_layer,
+    }
+
+
+def calibration_json(
+    cache: ExitCache, options: CalibrationOptions, calibrated: dict[str, CalibratedPolicy]
+) -> dict[str, object]:
+    num_layers = cache.num_layers
+    oracle_layers = oracle_exit_layers(cache.exit_labels)
+    policies: dict[str, object] = {}
+    for name, entry in calibrated.items():
+        outcome = evaluate_policy(entry.policy, cache)
+        described: dict[str, object] = {
+            "params": policy_params_json(entry.policy),
+            **_outcome_json(outcome, num_layers),
+            "per_exit": outcome.per_exit_table(),
+        }
+        if entry.search is not None:
+            keep = np.unique(np.linspace(0, len(entry.search.curve) - 1, CURVE_POINTS_KEPT).round().astype(int))
+            described["curve"] = [
+                {**_outcome_json(entry.search.curve[i], num_layers), "feasible": entry.search.feasible[i]}
+                for i in keep
+            ]
+        if isinstance(entry.policy, BeemPolicy):
+            described["theorem_3_1"] = theorem_terms(entry.policy, cache)
+        policies[name] = described
+    return {
+        "num_samples": cache.num_samples,
+        "num_layers": num_layers,
+        "selection_rule": options.selection_rule,
+        "min_count": options.min_count,
+        "exit_accuracies": cache.exit_accuracies().tolist(),
+        "final_error_rate": float(1.0 - cache.correct()[:, -1].mean()),
+        "oracle": {
+            "mean_exit_layer": float(oracle_layers.mean()),
+            "layer_speedup": float(num_layers / oracle_layers.mean()),
+        },
+        "policies": policies,
+    }

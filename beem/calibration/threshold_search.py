@@ -1,0 +1,119 @@
+"""Choose a policy's threshold from an exit cache (DESIGN 3.3, steps 2-5).
+
+The policy's own `update` is replayed over every cached sample to get its score trajectory (N, L); a threshold t
+then sends sample n out at the first layer whose score is >= t, exactly as `ExitPolicy.step` would online. Each
+distinct score value is a distinct candidate, so the scan is exact rather than a grid.
+
+Selection rules (a threshold is feasible when, for every early exit t with at least `min_count` samples):
+- "per-exit" (the paper): error rate of the samples leaving at t <= the final layer's error rate overall;
+- "paired": errors of the samples leaving at t <= the final layer's errors on those *same* samples, and the
+  same summed over all early exits, which guarantees early-exit accuracy >= full depth on the calibration split.
+The feasible threshold with the smallest mean exit layer wins (ties: higher accuracy); none feasible -> +inf.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from beem.calibration.exit_cache import ExitCache
+from beem.policies.exit_policies import ExitPolicy, PolicyState
+
+SELECTION_RULES = ("per-exit", "paired")
+MAX_CANDIDATES = 2000
+
+
+@dataclass(frozen=True)
+class ExitOutcome:
+    """What a policy at one threshold did on a cached split."""
+
+    threshold: float
+    exit_layers: np.ndarray  # (N,) 1-based
+    accuracy: float
+    mean_exit_layer: float
+    stops: np.ndarray  # (L,) samples leaving at each layer
+    misses: np.ndarray  # (L,) of those, how many the leaving exit got wrong
+    final_misses: np.ndarray  # (L,) of those, how many the final exit gets wrong
+
+    def per_exit_table(self) -> list[dict[str, float | int]]:
+        return [
+            {"layer": i + 1, "stops": int(s), "misses": int(m), "final_misses_same_samples": int(f),
+             "error_rate": float(m / s) if s else 0.0}
+            for i, (s, m, f) in enumerate(zip(self.stops, self.misses, self.final_misses, strict=True))
+        ]
+
+
+def score_trajectories(policy: ExitPolicy, cache: ExitCache) -> np.ndarray:
+    """(N, L) score of every sample after every exit, computed by the policy's own `update`."""
+    scores = np.empty((cache.num_samples, cache.num_layers), dtype=np.float64)
+    for sample in range(cache.num_samples):
+        state = PolicyState()
+        for layer, observation in enumerate(cache.observations(sample)):
+            state = policy.update(state, observation)
+            scores[sample, layer] = state.score
+    return scores
+
+
+def exit_layers_at(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """(N, L) scores -> (N,) 1-based exit layers: first score >= threshold, else the last layer."""
+    reached = scores >= threshold
+    reached[:, -1] = True
+    return np.argmax(reached, axis=1) + 1
+
+
+def outcome_at(cache: ExitCache, scores: np.ndarray, threshold: float) -> ExitOutcome:
+    layers = exit_layers_at(scores, threshold)
+    rows = np.arange(cache.num_samples)
+    correct = cache.correct()  # (N, L)
+    answered_right = correct[rows, layers - 1]
+    final_wrong = ~correct[:, -1]
+    num_layers = cache.num_layers
+    stops = np.bincount(layers - 1, minlength=num_layers)
+    misses = np.bincount(layers - 1, weights=~answered_right, minlength=num_layers).astype(np.int64)
+    final_misses = np.bincount(layers - 1, weights=final_wrong, minlength=num_layers).astype(np.int64)
+    return ExitOutcome(
+        threshold, layers, float(answered_right.mean()), float(layers.mean()), stops, misses, final_misses
+    )
+
+
+def is_feasible(outcome: ExitOutcome, final_error_rate: float, rule: str, min_count: int) -> bool:
+    early = slice(0, len(outcome.stops) - 1)
+    stops, misses, final_misses = outcome.stops[early], outcome.misses[early], outcome.final_misses[early]
+    counted = stops >= min_count
+    if rule == "per-exit":
+        return bool(np.all(misses[counted] <= final_error_rate * stops[counted]))
+    if rule == "paired":
+        return bool(np.all(misses[counted] <= final_misses[counted]) and misses.sum() <= final_misses.sum())
+    raise ValueError(f"unknown selection rule {rule!r}; expected one of {SELECTION_RULES}")
+
+
+def candidate_thresholds(scores: np.ndarray) -> np.ndarray:
+    """Every distinct score (thinned evenly by rank to MAX_CANDIDATES) plus +inf, ascending."""
+    distinct = np.unique(scores[np.isfinite(scores)])
+    if len(distinct) > MAX_CANDIDATES:
+        distinct = distinct[np.linspace(0, len(distinct) - 1, MAX_CANDIDATES).round().astype(int)]
+    return np.append(distinct, math.inf)
+
+
+@dataclass(frozen=True)
+class ThresholdSearch:
+    chosen: ExitOutcome
+    curve: list[ExitOutcome]  # one per candidate, ascending threshold
+    feasible: list[bool]
+
+
+def search_threshold(
+    policy: ExitPolicy, cache: ExitCache, rule: str = "paired", min_count: int = 5
+) -> ThresholdSearch:
+    scores = score_trajectories(policy, cache)
+    final_error_rate = float(1.0 - cache.correct()[:, -1].mean())
+    curve = [outcome_at(cache, scores, float(t)) for t in candidate_thresholds(scores)]
+    feasible = [is_feasible(o, final_error_rate, rule, min_count) for o in curve]
+    # +inf is always feasible (nothing leaves early), so the choice is never empty.
+    chosen = min(
+        (o for o, ok in zip(curve, feasible, strict=True) if ok),
+        key=lambda o: (o.mean_exit_layer, -o.accuracy),
+    )
+    return ThresholdSearch(chosen, curve, feasible)

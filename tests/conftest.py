@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny generated backbone and a tiny bundle built through the real builder. Nothing downloads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from beem.data.rotten_tomatoes import REPO_DATA_FILE
+from beem.presets import BuildPreset
+from beem.training.trainer import TrainingConfig
+
+TINY_EXAMPLES = 240
+
+
+def make_tiny_backbone(directory: Path, num_layers: int = 3, seed: int = 0) -> Path:
+    """A seeded random 3-layer BERT with the real MiniLM (uncased WordPiece) tokenizer, saved like a hub model."""
+    from beem.model.pretrained_backbones import resolve_backbone
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(str(resolve_backbone("minilm-l6"))).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_backbone(tmp_path_factory.mktemp("tiny_backbone"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TINY_EXAMPLES real Rotten Tomatoes snippets spread over the file (it is sorted: positives first)."""
+    path = tmp_path_factory.mktemp("tiny_data") / "snippets.jsonl"
+    all_lines = REPO_DATA_FILE.read_text().splitlines(keepends=True)
+    lines = all_lines[:: len(all_lines) // TINY_EXAMPLES][:TINY_EXAMPLES]
+    path.write_text("".join(lines))
+    assert all(json.loads(line)["label"] in ("negative", "positive") for line in lines)
+    return path
+
+
+def tiny_preset(backbone_dir: Path, data_file: Path) -> BuildPreset:
+    return BuildPreset(
+        name="tiny",
+        backbone=str(backbone_dir),
+        bundle_name="tiny-sentiment",
+        training=TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-3, max_length=32, max_steps_per_epoch=4,
+                                distillation_weight=1.0),
+        data_file=str(data_file),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Path, tiny_data_file: Path) -> Path:
+    from beem.builder import build
+
+    root = tmp_path_factory.mktemp("tiny_build")
+    return build(tiny_preset(tiny_backbone_dir, tiny_data_file), root / "model_store", root / "run")
+
+
+__all__ = ["make_tiny_backbone", "replace", "tiny_preset"]

@@ -1,0 +1,105 @@
+"""Train a tiny generated model a few steps, calibrate, export, load: the bundle serves what was calibrated."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from beem.bundle.bundle_reader import load_bundle
+from beem.bundle.manifest import MANIFEST_FILE, SCHEMA_VERSION, WEIGHTS_FILE, sha256_of
+from beem.calibration.exit_cache import ExitCache, compute_exit_cache
+from beem.calibration.threshold_search import exit_layers_at, score_trajectories
+from beem.data.examples import read_dataset
+from beem.data.splits import split_dataset
+from beem.data.tokenized_batch import tokenize_examples
+from beem.policies.exit_policies import run_sample
+
+
+def test_bundle_has_the_documented_layout(tiny_bundle_dir: Path) -> None:
+    manifest = json.loads((tiny_bundle_dir / MANIFEST_FILE).read_text())
+    assert manifest["schema_version"] == SCHEMA_VERSION
+    assert manifest["num_layers"] == 3
+    assert manifest["labels"] == ["negative", "positive"]
+    assert set(manifest["policies"]) >= {"beem-a", "beem-c", "max-prob", "entropy", "patience", "static", "full"}
+    for relative, digest in manifest["files"].items():
+        assert sha256_of(tiny_bundle_dir / relative) == digest
+    assert {"calibration.json", "report.md", "report.png", WEIGHTS_FILE} <= set(manifest["files"])
+    assert manifest["data"]["split_sizes"] == {"train": 168, "calibration": 36, "test": 36}
+    assert not list(tiny_bundle_dir.rglob("*.bin")) and not list(tiny_bundle_dir.rglob("*.pt")), "no pickle files"
+    assert all(t.dtype == torch.float16 for t in load_file(tiny_bundle_dir / WEIGHTS_FILE).values())
+
+
+def test_loaded_bundle_reproduces_the_calibration_cache_exactly(tiny_bundle_dir: Path, tiny_data_file: Path) -> None:
+    """The calibration exits cached at build time equal what the exported, reloaded weights compute now."""
+    bundle = load_bundle(tiny_bundle_dir)
+    splits = split_dataset(read_dataset(tiny_data_file))
+    recomputed = compute_exit_cache(bundle.model, bundle.tokenizer, splits.calibration, bundle.max_length)
+    stored = ExitCache.load(tiny_bundle_dir / "calibration_exits.safetensors")
+    np.testing.assert_array_equal(recomputed.exit_labels, stored.exit_labels)
+    np.testing.assert_array_equal(recomputed.confidences, stored.confidences)
+    np.testing.assert_array_equal(recomputed.entropies, stored.entropies)
+
+
+def test_layer_by_layer_logits_match_a_batched_forward(tiny_bundle_dir: Path, tiny_data_file: Path) -> None:
+    bundle = load_bundle(tiny_bundle_dir)
+    examples = read_dataset(tiny_data_file).examples[:8]
+    batch = tokenize_examples(bundle.tokenizer, examples, bundle.max_length)
+    with torch.inference_mode():
+        together = bundle.model.all_exit_logits(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        for row, example in enumerate(examples):
+            alone = tokenize_examples(bundle.tokenizer, [example], bundle.max_length)
+            logits = bundle.model.all_exit_logits(alone.input_ids, alone.attention_mask, alone.token_type_ids)
+            torch.testing.assert_close(logits[:, 0], together[:, row], atol=1e-5, rtol=1e-4)
+
+
+def test_infinite_alpha_is_full_depth(tiny_bundle_dir: Path) -> None:
+    bundle = load_bundle(tiny_bundle_dir)
+    cache = ExitCache.load(tiny_bundle_dir / "calibration_exits.safetensors")
+    beem = bundle.policies["beem-a"].with_threshold(math.inf)
+    layers = exit_layers_at(score_trajectories(beem, cache), math.inf)
+    assert (layers == bundle.num_layers).all()
+    assert all(run_sample(beem, cache.observations(n)) == bundle.num_layers for n in range(cache.num_samples))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        (lambda d: (d / WEIGHTS_FILE).write_bytes((d / WEIGHTS_FILE).read_bytes()[:-1] + b"\0"), "checksum mismatch"),
+        (lambda d: (d / "calibration.json").unlink(), "missing"),
+        (lambda d: (d / MANIFEST_FILE).unlink(), "no manifest.json"),
+        (lambda d: _edit_manifest(d, schema_version=99), "unknown schema_version 99"),
+        (lambda d: (d / MANIFEST_FILE).write_text("{not json"), "not valid JSON"),
+        (lambda d: _edit_manifest(d, files={**_manifest(d)["files"], "../outside": "0"}), "outside the bundle"),
+    ],
+    ids=["tampered-weights", "missing-file", "no-manifest", "unknown-schema", "broken-json", "path-escape"],
+)
+def test_a_damaged_bundle_is_refused_with_the_file_named(
+    tiny_bundle_dir: Path, tmp_path: Path, tamper: object, expected: str
+) -> None:
+    import shutil
+
+    from beem.bundle.manifest import BundleError
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, copy)
+    tamper(copy)  # type: ignore[operator]
+    with pytest.raises(BundleError, match=expected) as raised:
+        load_bundle(copy)
+    assert str(copy) in str(raised.value)
+
+
+def _manifest(directory: Path) -> dict[str, object]:
+    manifest: dict[str, object] = json.loads((directory / MANIFEST_FILE).read_text())
+    return manifest
+
+
+def _edit_manifest(directory: Path, **changes: object) -> None:
+    manifest = _manifest(directory)
+    manifest.update(changes)
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
