@@ -86,8 +86,9 @@ def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
     storage_dtype = STORAGE_DTYPES[preset.storage_dtype]
     model.load_state_dict(model_state_for_storage(model, storage_dtype))
     max_length = preset.training.max_length
-    log.info("caching every exit on the calibration (%d) and test (%d) splits", len(splits.calibration),
-             len(splits.test))
+    log.info(
+        "caching every exit on the calibration (%d) and test (%d) splits", len(splits.calibration), len(splits.test)
+    )
     calibration_cache = _cached_exits(
         run_dir / "exits_calibration.safetensors",
         lambda: compute_exit_cache(model, tokenizer, splits.calibration, max_length),
@@ -117,14 +118,20 @@ def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
         "policies": {
             name: {
                 "params": calibration["policies"][name]["params"],  # type: ignore[index]
-                "calibration": {k: calibration["policies"][name][k]  # type: ignore[index]
-                                for k in ("accuracy", "mean_exit_layer", "layer_speedup")},
+                "calibration": {
+                    k: calibration["policies"][name][k]  # type: ignore[index]
+                    for k in ("accuracy", "mean_exit_layer", "layer_speedup")
+                },
                 "test": {k: test_result["policies"][name][k] for k in ("accuracy", "mean_exit_layer", "layer_speedup")},
             }
             for name in calibrated
         },
-        "calibration": {"selection_rule": options.selection_rule, "min_count": options.min_count,
-                        "reset": options.reset, "count_first_exit": options.count_first_exit},
+        "calibration": {
+            "selection_rule": options.selection_rule,
+            "min_count": options.min_count,
+            "reset": options.reset,
+            "count_first_exit": options.count_first_exit,
+        },
         "training": {"preset": preset.name, **preset.training.to_json(), "epoch_losses": list(progress.epoch_losses)},
         "data": data_provenance(preset, dataset, splits),
         "build_seconds": round(time.perf_counter() - started, 1),
@@ -133,8 +140,14 @@ def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
     def write_extras(directory: Path) -> None:
         calibration_cache.save(directory / CALIBRATION_CACHE_FILE)
         (directory / "test_evaluation.json").write_text(json.dumps(test_result, indent=1))
-        write_report(directory, f"{preset.bundle_name} ({preset.backbone}, preset {preset.name})", calibration,
-                     test_result, REPORT_FILE, REPORT_PLOT_FILE)
+        write_report(
+            directory,
+            f"{preset.bundle_name} ({preset.backbone}, preset {preset.name})",
+            calibration,
+            test_result,
+            REPORT_FILE,
+            REPORT_PLOT_FILE,
+        )
 
     bundle_dir = export_bundle(
         store_dir, preset.bundle_name, model, tokenizer, storage_dtype, calibration, manifest_fields, write_extras

@@ -18,7 +18,7 @@ from beem.data.examples import DataFormatError, read_dataset
 from beem.data.rotten_tomatoes import REPO_DATA_FILE, write_processed
 from beem.data.splits import SPLIT_NAMES, split_dataset
 from beem.evaluation import evaluate_policies
-from beem.model.pretrained_backbones import BackboneNotFound
+from beem.model.pretrained_backbones import BackboneNotFoundError
 from beem.presets import PRESETS, get_preset, with_training
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                 f"its {args.split} split would not be the same samples; pass --data with that file, or --split all"
             )
         splits = split_dataset(
-            dataset, tuple(provenance.get("split_fractions", (0.7, 0.15, 0.15))),  # type: ignore[arg-type]
+            dataset,
+            tuple(provenance.get("split_fractions", (0.7, 0.15, 0.15))),
             int(provenance.get("split_seed", 0)),
         )
         examples = splits.by_name(args.split)
@@ -63,13 +64,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{bundle.name} v{bundle.version} on {args.split} ({cache.num_samples} samples), "
-              f"final layer {result['final_layer_accuracy'] * 100:.2f}%, oracle {result['oracle_layer_speedup']:.2f}x")
+        print(
+            f"{bundle.name} v{bundle.version} on {args.split} ({cache.num_samples} samples), "
+            f"final layer {result['final_layer_accuracy'] * 100:.2f}%, oracle {result['oracle_layer_speedup']:.2f}x"
+        )
         for name, entry in result["policies"].items():
             paired = entry["paired_vs_full"]
-            print(f"  {name:9s} acc {entry['accuracy'] * 100:6.2f}%  mean exit {entry['mean_exit_layer']:.3f}  "
-                  f"speed-up {entry['layer_speedup']:.2f}x  vs full {paired['accuracy_difference'] * 100:+.2f} "
-                  f"[{paired['ci_low'] * 100:+.2f}, {paired['ci_high'] * 100:+.2f}] p={paired['mcnemar_p_value']:.3f}")
+            print(
+                f"  {name:9s} acc {entry['accuracy'] * 100:6.2f}%  mean exit {entry['mean_exit_layer']:.3f}  "
+                f"speed-up {entry['layer_speedup']:.2f}x  vs full {paired['accuracy_difference'] * 100:+.2f} "
+                f"[{paired['ci_low'] * 100:+.2f}, {paired['ci_high'] * 100:+.2f}] p={paired['mcnemar_p_value']:.3f}"
+            )
     return 0
 
 
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (BundleError, DataFormatError, BackboneNotFound, ValueError) as error:
+    except (BundleError, DataFormatError, BackboneNotFoundError, ValueError) as error:
         print(f"beem: error: {error}", file=sys.stderr)
         return 2
     return code

@@ -23,8 +23,12 @@ def make_tiny_backbone(directory: Path, num_layers: int = 3, seed: int = 0) -> P
 
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(directory)
     AutoTokenizer.from_pretrained(str(resolve_backbone("minilm-l6"))).save_pretrained(directory)
@@ -52,8 +56,9 @@ def tiny_preset(backbone_dir: Path, data_file: Path) -> BuildPreset:
         name="tiny",
         backbone=str(backbone_dir),
         bundle_name="tiny-sentiment",
-        training=TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-3, max_length=32, max_steps_per_epoch=4,
-                                distillation_weight=1.0),
+        training=TrainingConfig(
+            epochs=2, batch_size=16, learning_rate=1e-3, max_length=32, max_steps_per_epoch=4, distillation_weight=1.0
+        ),
         data_file=str(data_file),
     )
 

@@ -29,7 +29,9 @@ from beem.model.multi_exit_model import MultiExitModel
 
 def next_version_dir(store_dir: Path, name: str) -> Path:
     model_dir = store_dir / name
-    existing = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    existing = (
+        [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    )
     return model_dir / str(max(existing, default=0) + 1)
 
 

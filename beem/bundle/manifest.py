@@ -20,8 +20,19 @@ CALIBRATION_CACHE_FILE = "calibration_exits.safetensors"
 REPORT_FILE = "report.md"
 REPORT_PLOT_FILE = "report.png"
 REQUIRED_KEYS = (
-    "schema_version", "name", "version", "task", "backbone", "num_layers", "labels", "max_length",
-    "exit_heads", "weights", "policies", "default_policy", "files",
+    "schema_version",
+    "name",
+    "version",
+    "task",
+    "backbone",
+    "num_layers",
+    "labels",
+    "max_length",
+    "exit_heads",
+    "weights",
+    "policies",
+    "default_policy",
+    "files",
 )
 
 
@@ -82,8 +93,11 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
             raise BundleError(path, "missing: listed in manifest.json but not in the bundle")
         actual = sha256_of(path)
         if actual != expected:
-            raise BundleError(path, f"checksum mismatch (manifest {expected[:12]}..., file {actual[:12]}...): "
-                                    "the file was changed after export")
+            raise BundleError(
+                path,
+                f"checksum mismatch (manifest {expected[:12]}..., file {actual[:12]}...): "
+                "the file was changed after export",
+            )
     return manifest
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _policy_rows(policies: dict[str, Any], num_layers: int) -> list[str]:
@@ -20,7 +20,8 @@ def _policy_rows(policies: dict[str, Any], num_layers: int) -> list[str]:
     for name, entry in policies.items():
         params = ", ".join(
             f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-            for key, value in entry["params"].items() if key != "weights"
+            for key, value in entry["params"].items()
+            if key != "weights"
         )
         rows.append(
             f"| {name} | {entry['accuracy'] * 100:.2f} | {entry['mean_exit_layer']:.3f} | "
@@ -69,15 +70,24 @@ def write_report(
     markdown_name: str,
     plot_name: str,
 ) -> None:
-    lines = [f"# {title}", "", f"Thresholds chosen on the calibration split by the `{calibration['selection_rule']}` "
-             f"rule (minimum {calibration['min_count']} samples per exit).", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Thresholds chosen on the calibration split by the `{calibration['selection_rule']}` "
+        f"rule (minimum {calibration['min_count']} samples per exit).",
+        "",
+    ]
     lines += _table("Calibration split", calibration)
     if test_result is not None:
         lines += _table("Test split (never used to choose anything)", test_result)
         paired = {name: e["paired_vs_full"] for name, e in test_result["policies"].items() if "paired_vs_full" in e}
         if paired:
-            lines += ["Paired comparison with full depth on the test split (95% bootstrap interval, exact McNemar):",
-                      "", "| policy | accuracy difference (points) | 95% interval | McNemar p |", "|---|---|---|---|"]
+            lines += [
+                "Paired comparison with full depth on the test split (95% bootstrap interval, exact McNemar):",
+                "",
+                "| policy | accuracy difference (points) | 95% interval | McNemar p |",
+                "|---|---|---|---|",
+            ]
             lines += [
                 f"| {name} | {p['accuracy_difference'] * 100:+.2f} | "
                 f"[{p['ci_low'] * 100:+.2f}, {p['ci_high'] * 100:+.2f}] | {p['mcnemar_p_value']:.3f} |"
@@ -96,19 +106,36 @@ def _plot(path: Path, title: str, calibration: dict[str, Any], test_result: dict
         curve = entry.get("curve")
         if curve:
             points = sorted(curve, key=lambda p: p["mean_exit_layer"])
-            line = axis.plot([p["mean_exit_layer"] for p in points], [p["accuracy"] * 100 for p in points],
-                             label=f"{name} (calibration curve)", linewidth=1.2, alpha=0.8)[0]
+            line = axis.plot(
+                [p["mean_exit_layer"] for p in points],
+                [p["accuracy"] * 100 for p in points],
+                label=f"{name} (calibration curve)",
+                linewidth=1.2,
+                alpha=0.8,
+            )[0]
             colour = line.get_color()
         else:
             colour = "black"
         axis.scatter([entry["mean_exit_layer"]], [entry["accuracy"] * 100], color=colour, marker="o", zorder=3)
         if test_result is not None and name in test_result["policies"]:
             chosen = test_result["policies"][name]
-            axis.scatter([chosen["mean_exit_layer"]], [chosen["accuracy"] * 100], color=colour, marker="*",
-                         s=120, zorder=4, edgecolors="black", linewidths=0.5)
+            axis.scatter(
+                [chosen["mean_exit_layer"]],
+                [chosen["accuracy"] * 100],
+                color=colour,
+                marker="*",
+                s=120,
+                zorder=4,
+                edgecolors="black",
+                linewidths=0.5,
+            )
     oracle = (test_result or calibration)["oracle"]
-    axis.axvline(oracle["mean_exit_layer"], color="grey", linestyle=":",
-                 label=f"oracle mean exit layer ({oracle['layer_speedup']:.2f}x)")
+    axis.axvline(
+        oracle["mean_exit_layer"],
+        color="grey",
+        linestyle=":",
+        label=f"oracle mean exit layer ({oracle['layer_speedup']:.2f}x)",
+    )
     axis.set_xlabel("mean exit layer")
     axis.set_ylabel("accuracy %")
     axis.set_title(f"{title}\n(o chosen threshold on calibration, * same threshold on test)")

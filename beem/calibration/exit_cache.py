@@ -54,10 +54,15 @@ class ExitCache:
         return ExitCache(self.exit_labels[rows], self.confidences[rows], self.entropies[rows], self.targets[rows])
 
     def save(self, path: Path) -> None:
-        save_file({
-            "exit_labels": self.exit_labels, "confidences": self.confidences,
-            "entropies": self.entropies, "targets": self.targets,
-        }, str(path))
+        save_file(
+            {
+                "exit_labels": self.exit_labels,
+                "confidences": self.confidences,
+                "entropies": self.entropies,
+                "targets": self.targets,
+            },
+            str(path),
+        )
 
     @classmethod
     def load(cls, path: Path) -> ExitCache:

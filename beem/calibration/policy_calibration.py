@@ -56,8 +56,13 @@ def uncalibrated_policies(cache: ExitCache, options: CalibrationOptions) -> list
     """Every serving policy with the weights it needs and a placeholder threshold."""
     num_layers = cache.num_layers
     return [
-        BeemPolicy("beem-a", beem_a_weights(cache.exit_accuracies().tolist()), math.inf,
-                   options.count_first_exit, options.reset),
+        BeemPolicy(
+            "beem-a",
+            beem_a_weights(cache.exit_accuracies().tolist()),
+            math.inf,
+            options.count_first_exit,
+            options.reset,
+        ),
         BeemPolicy("beem-c", beem_c_weights(num_layers), math.inf, options.count_first_exit, options.reset),
         MaxProbPolicy(math.inf),
         EntropyPolicy(-math.inf),
@@ -108,8 +113,7 @@ def calibration_json(
         if entry.search is not None:
             keep = np.unique(np.linspace(0, len(entry.search.curve) - 1, CURVE_POINTS_KEPT).round().astype(int))
             described["curve"] = [
-                {**_outcome_json(entry.search.curve[i], num_layers), "feasible": entry.search.feasible[i]}
-                for i in keep
+                {**_outcome_json(entry.search.curve[i], num_layers), "feasible": entry.search.feasible[i]} for i in keep
             ]
         if isinstance(entry.policy, BeemPolicy):
             described["theorem_3_1"] = theorem_terms(entry.policy, cache)

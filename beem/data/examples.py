@@ -51,16 +51,21 @@ class LabelledDataset:
 
 
 # Header names GLUE uses across its tasks, first match wins.
-_GLUE_TEXT_COLUMNS = ("sentence", "sentence1", "question", "question1", "premise", "#1 String")
-_GLUE_PAIR_COLUMNS = ("sentence2", "question2", "hypothesis", "#2 String")
+# QNLI (`question`, `sentence`) is a pair task; SST-2's lone `sentence` is a single-sentence task.
+_GLUE_TEXT_COLUMNS = ("question", "question1", "sentence1", "premise", "#1 String", "sentence")
+_GLUE_PAIR_COLUMNS = ("sentence2", "question2", "hypothesis", "#2 String", "sentence")
 _GLUE_LABEL_COLUMNS = ("label", "gold_label", "Quality")
 _JSONL_TEXT_KEYS = ("text", "sentence", "text_a", "sentence1")
 _JSONL_PAIR_KEYS = ("text_pair", "text_b", "sentence2")
 
 
 def _label_index(raw_labels: Sequence[str], label_names: Sequence[str] | None) -> tuple[list[int], tuple[str, ...]]:
-    """Map raw label strings to integers; without given names, sorted distinct values define the order."""
-    names = tuple(label_names) if label_names is not None else tuple(sorted(set(raw_labels)))
+    """Map raw label strings to integers; without given names, sorted distinct values define the order
+    (numerically when every label is an integer, so label "10" stays after "2")."""
+    distinct = set(raw_labels)
+    numeric = all(label.lstrip("-").isdigit() for label in distinct)
+    ordered = sorted(distinct, key=int) if numeric else sorted(distinct)
+    names = tuple(label_names) if label_names is not None else tuple(ordered)
     position = {name: i for i, name in enumerate(names)}
     return [position[label] for label in raw_labels], names
 
@@ -115,7 +120,7 @@ def read_glue_tsv(path: Path, label_names: Sequence[str] | None = None) -> Label
         label_column = _first_present(_GLUE_LABEL_COLUMNS, header)
         if text_column is None or label_column is None:
             raise DataFormatError(path, 1, f"header {header} lacks a text column or a label column")
-        pair_column = _first_present(_GLUE_PAIR_COLUMNS, header)
+        pair_column = _first_present(_GLUE_PAIR_COLUMNS, [c for c in header if c != text_column])
         text_at, label_at = header.index(text_column), header.index(label_column)
         pair_at = header.index(pair_column) if pair_column else None
         for line_number, row in enumerate(reader, start=2):

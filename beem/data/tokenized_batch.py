@@ -48,6 +48,4 @@ def tokenize_texts(
 def tokenize_examples(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int
 ) -> TokenizedBatch:
-    return tokenize_texts(
-        tokenizer, [e.text for e in examples], [e.text_pair for e in examples], max_length
-    )
+    return tokenize_texts(tokenizer, [e.text for e in examples], [e.text_pair for e in examples], max_length)

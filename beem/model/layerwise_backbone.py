@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,9 +58,11 @@ class LayerwiseBackbone(nn.Module):
             raise ValueError(
                 f"backbone model_type {model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"
             )
-        self.model = encoder_model
+        # Typed as Any: transformers' submodules (embeddings, encoder.layer) are dynamic attributes.
+        model: Any = encoder_model
+        self.model = model
         self.uses_position_bias = model_type == "mpnet"
-        embeddings_forward = inspect.signature(encoder_model.embeddings.forward).parameters
+        embeddings_forward = inspect.signature(model.embeddings.forward).parameters
         self.takes_token_types = "token_type_ids" in embeddings_forward
         # ELECTRA-small projects embeddings up to the hidden size before layer 1.
         self.embeddings_project: nn.Module | None = getattr(encoder_model, "embeddings_project", None)
@@ -84,7 +87,7 @@ class LayerwiseBackbone(nn.Module):
             hidden = self.model.embeddings(input_ids=input_ids)
         if self.embeddings_project is not None:
             hidden = self.embeddings_project(hidden)
-        layer_mask = create_bidirectional_mask(
+        layer_mask: Any = create_bidirectional_mask(
             config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask
         )
         position_bias = self.model.encoder.compute_position_bias(hidden) if self.uses_position_bias else None

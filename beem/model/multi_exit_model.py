@@ -52,9 +52,9 @@ class MultiExitModel(nn.Module):
     def from_config(cls, backbone_config: dict[str, object], head_spec: ExitHeadSpec) -> MultiExitModel:
         """An uninitialised model of the bundle's shape; the bundle reader then loads its weights."""
         model_type = str(backbone_config["model_type"])
-        config: PretrainedConfig = AutoConfig.for_model(model_type, **{
-            key: value for key, value in backbone_config.items() if key != "model_type"
-        })
+        config: PretrainedConfig = AutoConfig.for_model(
+            model_type, **{key: value for key, value in backbone_config.items() if key != "model_type"}
+        )
         config._attn_implementation = "sdpa"
         # No pooler: the exit heads have their own, and an unused pooler would be dead weight in the bundle.
         encoder = AutoModel.from_config(config, add_pooling_layer=False)

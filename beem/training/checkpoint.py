@@ -26,7 +26,9 @@ class TrainerProgress:
     epoch_losses: tuple[float, ...]
 
 
-def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: TrainerProgress) -> None:
+def save_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: TrainerProgress
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, directory / MODEL_FILE)
     optimizer_tensors: dict[str, torch.Tensor] = {}
@@ -36,11 +38,16 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
             optimizer_tensors[f"state.{index}.{name}"] = tensor.detach().contiguous()
     save_file(optimizer_tensors, directory / OPTIMIZER_FILE)
     # Written last: its presence marks a complete checkpoint.
-    (directory / STATE_FILE).write_text(json.dumps({
-        "epochs_done": progress.epochs_done,
-        "optimizer_steps": progress.optimizer_steps,
-        "epoch_losses": list(progress.epoch_losses),
-    }, indent=2))
+    (directory / STATE_FILE).write_text(
+        json.dumps(
+            {
+                "epochs_done": progress.epochs_done,
+                "optimizer_steps": progress.optimizer_steps,
+                "epoch_losses": list(progress.epoch_losses),
+            },
+            indent=2,
+        )
+    )
 
 
 def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainerProgress | None:

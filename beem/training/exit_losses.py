@@ -25,9 +25,13 @@ def multi_exit_loss(
     temperature: float,
 ) -> torch.Tensor:
     num_layers, batch, num_labels = exit_logits.shape
-    per_exit_ce = functional.cross_entropy(
-        exit_logits.reshape(num_layers * batch, num_labels), labels.repeat(num_layers), reduction="none"
-    ).view(num_layers, batch).mean(dim=1)  # (L,)
+    per_exit_ce = (
+        functional.cross_entropy(
+            exit_logits.reshape(num_layers * batch, num_labels), labels.repeat(num_layers), reduction="none"
+        )
+        .view(num_layers, batch)
+        .mean(dim=1)
+    )  # (L,)
     loss = (depth_weights(num_layers, exit_logits.device) * per_exit_ce).sum()
     if distillation_weight <= 0 or num_layers < 2:
         return loss

@@ -42,7 +42,8 @@ class TrainingConfig:
 
 def _optimizer(model: MultiExitModel, config: TrainingConfig) -> torch.optim.AdamW:
     # Biases and LayerNorm weights are not decayed (the usual BERT fine-tuning recipe).
-    decayed, undecayed = [], []
+    decayed: list[torch.nn.Parameter] = []
+    undecayed: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         (undecayed if parameter.ndim < 2 or "LayerNorm" in name else decayed).append(parameter)
     return torch.optim.AdamW(
@@ -92,7 +93,9 @@ def train(
             scheduler.step()
             loss_sum += loss.item() * len(rows)
             seen += len(rows)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", samples_per_s=f"{seen / (time.perf_counter() - started):.1f}")
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.4f}", samples_per_s=f"{seen / (time.perf_counter() - started):.1f}"
+            )
         progress = TrainerProgress(
             epoch + 1, progress.optimizer_steps + steps_per_epoch, (*progress.epoch_losses, loss_sum / seen)
         )

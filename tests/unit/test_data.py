@@ -30,7 +30,7 @@ def write_jsonl(tmp_path: Path, name: str, records: list[object]) -> Path:
 SST2 = "sentence\tlabel\nhide new secretions from the parental units \t0\nthe greatest musicians \t1\n\ngenerous\t1\n"
 MRPC = (
     "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-    "1\t702876\t702977\tAmrozi accused his brother.\tReferring to him as only \"the witness\", Amrozi accused him.\n"
+    '1\t702876\t702977\tAmrozi accused his brother.\tReferring to him as only "the witness", Amrozi accused him.\n'
     "0\t2108705\t2108831\tYucaipa owned Dominick's.\tYucaipa bought Dominick's in 1995.\n"
 )
 RTE = (
@@ -84,11 +84,6 @@ def test_read_rte_with_given_label_names(tmp_path: Path) -> None:
     assert dataset.labels() == [0, 1, 1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "beem/data/examples.py _GLUE_TEXT_COLUMNS lists 'sentence' before 'question', and 'sentence' is not in "
-    "_GLUE_PAIR_COLUMNS, so QNLI (header index/question/sentence/label, claimed in the module docstring) is read "
-    "as a single-sentence task: text = the answer sentence, the question is dropped, text_pair = None"
-))
 def test_read_qnli_sentence_pair(tmp_path: Path) -> None:
     dataset = read_dataset(write(tmp_path, "dev.tsv", QNLI))
     assert dataset.examples[0] == Example("When did it open?", 0, "It opened in 1901.")
@@ -96,26 +91,44 @@ def test_read_qnli_sentence_pair(tmp_path: Path) -> None:
 
 # --- JSONL -----------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("records", "expected_examples", "expected_names"),
     [
-        ([{"text": "good", "label": 1}, {"text": "bad", "label": 0}, {"text": "fine", "label": 1}],
-         [Example("good", 1), Example("bad", 0), Example("fine", 1)], ("0", "1")),
-        ([{"text": " great ", "label": "positive"}, {"text": "awful", "label": "negative"}],
-         [Example("great", 1), Example("awful", 0)], ("negative", "positive")),
-        ([{"sentence1": "A man runs.", "sentence2": "A person moves.", "label": "entailment"},
-          {"sentence1": "A cat sleeps.", "sentence2": "A dog barks.", "label": "contradiction"}],
-         [Example("A man runs.", 1, "A person moves."), Example("A cat sleeps.", 0, "A dog barks.")],
-         ("contradiction", "entailment")),
-        ([{"text_a": "q1", "text_b": "q2", "label": 0}, {"text_a": "q3", "text_b": "q4", "label": 1}],
-         [Example("q1", 0, "q2"), Example("q3", 1, "q4")], ("0", "1")),
-        ([{"sentence": "s1", "text_pair": "p1", "label": "b"}, {"sentence": "s2", "text_pair": "p2", "label": "a"}],
-         [Example("s1", 1, "p1"), Example("s2", 0, "p2")], ("a", "b")),
+        (
+            [{"text": "good", "label": 1}, {"text": "bad", "label": 0}, {"text": "fine", "label": 1}],
+            [Example("good", 1), Example("bad", 0), Example("fine", 1)],
+            ("0", "1"),
+        ),
+        (
+            [{"text": " great ", "label": "positive"}, {"text": "awful", "label": "negative"}],
+            [Example("great", 1), Example("awful", 0)],
+            ("negative", "positive"),
+        ),
+        (
+            [
+                {"sentence1": "A man runs.", "sentence2": "A person moves.", "label": "entailment"},
+                {"sentence1": "A cat sleeps.", "sentence2": "A dog barks.", "label": "contradiction"},
+            ],
+            [Example("A man runs.", 1, "A person moves."), Example("A cat sleeps.", 0, "A dog barks.")],
+            ("contradiction", "entailment"),
+        ),
+        (
+            [{"text_a": "q1", "text_b": "q2", "label": 0}, {"text_a": "q3", "text_b": "q4", "label": 1}],
+            [Example("q1", 0, "q2"), Example("q3", 1, "q4")],
+            ("0", "1"),
+        ),
+        (
+            [{"sentence": "s1", "text_pair": "p1", "label": "b"}, {"sentence": "s2", "text_pair": "p2", "label": "a"}],
+            [Example("s1", 1, "p1"), Example("s2", 0, "p2")],
+            ("a", "b"),
+        ),
     ],
     ids=["int-labels", "string-labels", "sentence-pairs", "text-a-b", "sentence-text-pair"],
 )
-def test_read_jsonl(tmp_path: Path, records: list[dict[str, object]], expected_examples: list[Example],
-                    expected_names: tuple[str, ...]) -> None:
+def test_read_jsonl(
+    tmp_path: Path, records: list[dict[str, object]], expected_examples: list[Example], expected_names: tuple[str, ...]
+) -> None:
     dataset = read_dataset(write_jsonl(tmp_path, "data.jsonl", records))
     assert list(dataset.examples) == expected_examples
     assert dataset.label_names == expected_names
@@ -133,11 +146,6 @@ def test_read_jsonl_given_label_names(tmp_path: Path) -> None:
     assert dataset.label_names == ("pos", "neg")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "beem/data/examples.py _label_index sorts label strings, so integer JSONL labels 0..10 are ordered "
-    "'0','1','10','2',...: the example labelled 10 gets class index 2 and 2 gets index 3 (integer labels are not "
-    "kept as their own class indices)"
-))
 def test_read_jsonl_integer_labels_keep_numeric_order(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path, "d.jsonl", [{"text": f"t{i}", "label": i} for i in range(11)])
     dataset = read_dataset(path)
@@ -154,11 +162,16 @@ def test_subset_keeps_names_and_suffixes_source(tmp_path: Path) -> None:
 
 # --- malformed files ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("name", "content", "line", "fragment"),
     [
-        ("bad.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n{"text": "c", "label": \n', 3,
-         "invalid JSON"),
+        (
+            "bad.jsonl",
+            '{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n{"text": "c", "label": \n',
+            3,
+            "invalid JSON",
+        ),
         ("bad.jsonl", '{"text": "a", "label": 0}\n{"text": "b"}\n', 2, "label"),
         ("bad.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": null}\n', 2, "label"),
         ("bad.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": [1]}\n', 2, "label"),
@@ -176,12 +189,27 @@ def test_subset_keeps_names_and_suffixes_source(tmp_path: Path) -> None:
         ("bad.tsv", "sentence\tscore\ngood\t1\n", 1, "header"),
         ("bad.tsv", "", 1, "empty"),
     ],
-    ids=["bad-json-line-3", "missing-label", "null-label", "list-label", "no-text-field", "not-object",
-         "empty-text-jsonl", "non-string-text", "empty-pair-jsonl", "too-few-columns", "too-many-columns",
-         "empty-text-tsv", "empty-label-tsv", "empty-pair-tsv", "no-text-column", "no-label-column", "empty-tsv"],
+    ids=[
+        "bad-json-line-3",
+        "missing-label",
+        "null-label",
+        "list-label",
+        "no-text-field",
+        "not-object",
+        "empty-text-jsonl",
+        "non-string-text",
+        "empty-pair-jsonl",
+        "too-few-columns",
+        "too-many-columns",
+        "empty-text-tsv",
+        "empty-label-tsv",
+        "empty-pair-tsv",
+        "no-text-column",
+        "no-label-column",
+        "empty-tsv",
+    ],
 )
-def test_malformed_file_names_path_and_line(tmp_path: Path, name: str, content: str, line: int,
-                                            fragment: str) -> None:
+def test_malformed_file_names_path_and_line(tmp_path: Path, name: str, content: str, line: int, fragment: str) -> None:
     path = write(tmp_path, name, content)
     with pytest.raises(DataFormatError) as caught:
         read_dataset(path)
@@ -237,6 +265,7 @@ def test_data_format_error_is_value_error() -> None:
 
 # --- splits ---------------------------------------------------------------------------------------------------------
 
+
 def make_dataset(counts: dict[int, int]) -> LabelledDataset:
     labels = [label for label, count in counts.items() for _ in range(count)]
     # interleave so labels are not sorted by position
@@ -257,8 +286,9 @@ def test_split_is_deterministic() -> None:
         assert texts(first.by_name(name)) == texts(second.by_name(name))
     other = split_dataset(dataset, seed=2)
     assert texts(other.train) != texts(first.train)
-    assert split_indices(dataset.labels(), (0.7, 0.15, 0.15), 3) == split_indices(dataset.labels(),
-                                                                                   (0.7, 0.15, 0.15), 3)
+    assert split_indices(dataset.labels(), (0.7, 0.15, 0.15), 3) == split_indices(
+        dataset.labels(), (0.7, 0.15, 0.15), 3
+    )
 
 
 def test_split_default_seed() -> None:
@@ -314,6 +344,7 @@ def test_split_bad_fractions(fractions: tuple[float, ...]) -> None:
 
 
 # --- Rotten Tomatoes ------------------------------------------------------------------------------------------------
+
 
 def test_parse_ground_truth_drops_zero_and_labels_sign() -> None:
     raw = "1\t2.5\tGreat film\n2\t0\tMeh\n3\t-1.2\t Awful \n\n4\t0.0\tneutral\n5\t0.01\tbarely good\n6\t-0.01\tmeh-\n"

@@ -34,8 +34,9 @@ def obs(label: int, confidence: float = 0.5, entropy: float = 0.5) -> ExitObserv
     return ExitObservation(label, confidence, entropy)
 
 
-def observations(labels: list[int], confidences: list[float] | None = None,
-                 entropies: list[float] | None = None) -> list[ExitObservation]:
+def observations(
+    labels: list[int], confidences: list[float] | None = None, entropies: list[float] | None = None
+) -> list[ExitObservation]:
     confidences = confidences if confidences is not None else [0.5] * len(labels)
     entropies = entropies if entropies is not None else [0.5] * len(labels)
     return [obs(y, c, h) for y, c, h in zip(labels, confidences, entropies, strict=True)]
@@ -80,6 +81,7 @@ def test_figure1_exit_layers(policy: ExitPolicy, expected_layer: int) -> None:
 
 # --- BEEM score trajectories ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("labels", "confidences", "kwargs", "expected"),
     [
@@ -100,8 +102,9 @@ def test_figure1_exit_layers(policy: ExitPolicy, expected_layer: int) -> None:
     ],
     ids=["agree", "disagree-restart", "disagree-zero", "no-first-agree", "no-first-zero", "switch-run", "a-b-a"],
 )
-def test_beem_score_trajectory(labels: list[int], confidences: list[float], kwargs: dict[str, object],
-                               expected: list[float]) -> None:
+def test_beem_score_trajectory(
+    labels: list[int], confidences: list[float], kwargs: dict[str, object], expected: list[float]
+) -> None:
     policy = BeemPolicy("beem", W4, alpha=10.0, **kwargs)  # type: ignore[arg-type]
     state = PolicyState()
     for layer, (observation, score) in enumerate(zip(observations(labels, confidences), expected, strict=True)):
@@ -164,8 +167,9 @@ STEP_CASES = [
 
 
 @pytest.mark.parametrize(("policy", "sequence", "last_layer", "expected"), STEP_CASES)
-def test_run_sample_exit_layer(policy: ExitPolicy, sequence: list[ExitObservation], last_layer: int | None,
-                               expected: int) -> None:
+def test_run_sample_exit_layer(
+    policy: ExitPolicy, sequence: list[ExitObservation], last_layer: int | None, expected: int
+) -> None:
     assert run_sample(policy, sequence, last_layer) == expected
 
 
@@ -195,8 +199,14 @@ def test_step_first_exit_threshold(policy: ExitPolicy, observation: ExitObservat
 
 @pytest.mark.parametrize(
     "policy",
-    [MaxProbPolicy(0.99), EntropyPolicy(0.0), PatiencePolicy(5), StaticPolicy(10), FullDepthPolicy(),
-     BeemPolicy("beem", W4, 100.0)],
+    [
+        MaxProbPolicy(0.99),
+        EntropyPolicy(0.0),
+        PatiencePolicy(5),
+        StaticPolicy(10),
+        FullDepthPolicy(),
+        BeemPolicy("beem", W4, 100.0),
+    ],
     ids=lambda p: p.name,
 )
 def test_step_always_exits_at_last_layer(policy: ExitPolicy) -> None:
@@ -245,8 +255,12 @@ def test_patience_counter(labels: list[int], expected_counter: list[int]) -> Non
 
 @pytest.mark.parametrize(
     ("entropies", "max_entropy", "expected"),
-    [([0.9, 0.6, 0.2, 0.1], 0.25, 3), ([0.9, 0.6, 0.2, 0.1], 0.6, 2), ([0.9, 0.6, 0.2, 0.1], 0.05, 4),
-     ([0.0, 0.6, 0.2, 0.1], 0.0, 1)],
+    [
+        ([0.9, 0.6, 0.2, 0.1], 0.25, 3),
+        ([0.9, 0.6, 0.2, 0.1], 0.6, 2),
+        ([0.9, 0.6, 0.2, 0.1], 0.05, 4),
+        ([0.0, 0.6, 0.2, 0.1], 0.0, 1),
+    ],
 )
 def test_entropy_exits_at_or_below_max_entropy(entropies: list[float], max_entropy: float, expected: int) -> None:
     sequence = observations([0] * len(entropies), entropies=entropies)
@@ -289,8 +303,11 @@ def test_with_threshold_keeps_beem_options() -> None:
 @pytest.mark.parametrize(
     ("policy", "expected_params", "expected_threshold"),
     [
-        (BeemPolicy("beem-c", W4, 0.7), {"alpha": 0.7, "weights": list(W4), "count_first_exit": True,
-                                          "reset": "restart"}, 0.7),
+        (
+            BeemPolicy("beem-c", W4, 0.7),
+            {"alpha": 0.7, "weights": list(W4), "count_first_exit": True, "reset": "restart"},
+            0.7,
+        ),
         (MaxProbPolicy(0.9), {"threshold": 0.9}, 0.9),
         (EntropyPolicy(0.25), {"threshold": 0.25}, -0.25),
         (EntropyPolicy(0.25).with_threshold(-0.4), {"threshold": 0.4}, -0.4),
@@ -303,8 +320,9 @@ def test_with_threshold_keeps_beem_options() -> None:
         (FullDepthPolicy(), {}, math.inf),
     ],
 )
-def test_params_in_user_units(policy: ExitPolicy, expected_params: dict[str, object],
-                              expected_threshold: float) -> None:
+def test_params_in_user_units(
+    policy: ExitPolicy, expected_params: dict[str, object], expected_threshold: float
+) -> None:
     params = policy.params()
     assert params == expected_params
     assert policy.threshold == expected_threshold
@@ -314,6 +332,7 @@ def test_params_in_user_units(policy: ExitPolicy, expected_params: dict[str, obj
 
 
 # --- weights ------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("num_layers", "expected"),
@@ -356,6 +375,7 @@ def test_beem_a_weights_accept_numpy_like_floats() -> None:
 
 # --- invalid construction -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -378,12 +398,14 @@ def test_beem_valid_resets_construct(reset: str) -> None:
 
 # --- dependency hygiene ---------------------------------------------------------------------------------------------
 
+
 def test_policies_module_imports_no_heavy_dependencies() -> None:
     code = (
         "import beem.policies.exit_policies, sys; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'fastapi', 'numpy')]; "
         "assert not bad, bad"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr

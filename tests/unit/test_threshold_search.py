@@ -31,8 +31,12 @@ from beem.policies.exit_policies import (
 )
 
 
-def make_cache(labels: list[list[int]], confidences: list[list[float]] | None = None,
-               entropies: list[list[float]] | None = None, targets: list[int] | None = None) -> ExitCache:
+def make_cache(
+    labels: list[list[int]],
+    confidences: list[list[float]] | None = None,
+    entropies: list[list[float]] | None = None,
+    targets: list[int] | None = None,
+) -> ExitCache:
     label_array = np.asarray(labels, dtype=np.int64)
     shape = label_array.shape
     conf = np.full(shape, 0.5) if confidences is None else np.asarray(confidences, dtype=np.float64)
@@ -58,18 +62,27 @@ def random_cache(seed: int, num_samples: int = 40, num_layers: int = 5, num_clas
 def dummy_outcome(stops: list[int], misses: list[int], final_misses: list[int]) -> ExitOutcome:
     stops_array = np.asarray(stops, dtype=np.int64)
     layers = np.repeat(np.arange(1, len(stops) + 1), stops_array)
-    return ExitOutcome(0.5, layers, 0.0, float(layers.mean()) if len(layers) else 0.0, stops_array,
-                       np.asarray(misses, dtype=np.int64), np.asarray(final_misses, dtype=np.int64))
+    return ExitOutcome(
+        0.5,
+        layers,
+        0.0,
+        float(layers.mean()) if len(layers) else 0.0,
+        stops_array,
+        np.asarray(misses, dtype=np.int64),
+        np.asarray(final_misses, dtype=np.int64),
+    )
 
 
 # --- exit_layers_at ---------------------------------------------------------------------------------------------------
 
-SCORES = np.array([
-    [0.1, 0.5, 0.9],
-    [0.6, 0.2, 0.3],
-    [0.0, 0.0, 0.0],
-    [0.3, 0.3, 1.0],
-])
+SCORES = np.array(
+    [
+        [0.1, 0.5, 0.9],
+        [0.6, 0.2, 0.3],
+        [0.0, 0.0, 0.0],
+        [0.3, 0.3, 1.0],
+    ]
+)
 
 
 @pytest.mark.parametrize(
@@ -119,8 +132,18 @@ def test_outcome_matches_run_sample(policy: ExitPolicy, seed: int) -> None:
     assert scores.shape == (cache.num_samples, cache.num_layers)
     distinct = np.unique(scores)
     # the cache's own score values (equality cases), points in between, and the extremes
-    thresholds = sorted({*distinct[:: max(1, len(distinct) // 12)].tolist(), float(distinct.mean()),
-                         -math.inf, math.inf, 0.0, 1.0, 2.0, 3.0})
+    thresholds = sorted(
+        {
+            *distinct[:: max(1, len(distinct) // 12)].tolist(),
+            float(distinct.mean()),
+            -math.inf,
+            math.inf,
+            0.0,
+            1.0,
+            2.0,
+            3.0,
+        }
+    )
     for threshold in thresholds:
         layers = outcome_at(cache, scores, threshold).exit_layers
         serving = policy.with_threshold(threshold)
@@ -149,27 +172,74 @@ def test_score_trajectories_by_hand() -> None:
 # targets 0, 0, 1, 1
 # n0: every exit right; n1: exit 1 wrong, then right; n2: exit 2 right only; n3: every exit wrong
 COUNT_CACHE = make_cache([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0]], targets=[0, 0, 1, 1])
-COUNT_SCORES = np.array([
-    [0.9, 0.9, 0.9],
-    [0.6, 0.7, 0.8],
-    [0.1, 0.6, 0.7],
-    [0.1, 0.2, 0.3],
-])
+COUNT_SCORES = np.array(
+    [
+        [0.9, 0.9, 0.9],
+        [0.6, 0.7, 0.8],
+        [0.1, 0.6, 0.7],
+        [0.1, 0.2, 0.3],
+    ]
+)
 
 
 @pytest.mark.parametrize(
     ("threshold", "expected"),
     [
-        (0.5, {"layers": [1, 1, 2, 3], "stops": [2, 1, 1], "misses": [1, 0, 1], "final_misses": [0, 1, 1],
-               "accuracy": 0.5, "mean_layer": 1.75}),
-        (math.inf, {"layers": [3, 3, 3, 3], "stops": [0, 0, 4], "misses": [0, 0, 2], "final_misses": [0, 0, 2],
-                    "accuracy": 0.5, "mean_layer": 3.0}),
-        (0.0, {"layers": [1, 1, 1, 1], "stops": [4, 0, 0], "misses": [3, 0, 0], "final_misses": [2, 0, 0],
-               "accuracy": 0.25, "mean_layer": 1.0}),
-        (0.65, {"layers": [1, 2, 3, 3], "stops": [1, 1, 2], "misses": [0, 0, 2], "final_misses": [0, 0, 2],
-                "accuracy": 0.5, "mean_layer": 2.25}),
-        (0.8, {"layers": [1, 3, 3, 3], "stops": [1, 0, 3], "misses": [0, 0, 2], "final_misses": [0, 0, 2],
-               "accuracy": 0.5, "mean_layer": 2.5}),
+        (
+            0.5,
+            {
+                "layers": [1, 1, 2, 3],
+                "stops": [2, 1, 1],
+                "misses": [1, 0, 1],
+                "final_misses": [0, 1, 1],
+                "accuracy": 0.5,
+                "mean_layer": 1.75,
+            },
+        ),
+        (
+            math.inf,
+            {
+                "layers": [3, 3, 3, 3],
+                "stops": [0, 0, 4],
+                "misses": [0, 0, 2],
+                "final_misses": [0, 0, 2],
+                "accuracy": 0.5,
+                "mean_layer": 3.0,
+            },
+        ),
+        (
+            0.0,
+            {
+                "layers": [1, 1, 1, 1],
+                "stops": [4, 0, 0],
+                "misses": [3, 0, 0],
+                "final_misses": [2, 0, 0],
+                "accuracy": 0.25,
+                "mean_layer": 1.0,
+            },
+        ),
+        (
+            0.65,
+            {
+                "layers": [1, 2, 3, 3],
+                "stops": [1, 1, 2],
+                "misses": [0, 0, 2],
+                "final_misses": [0, 0, 2],
+                "accuracy": 0.5,
+                "mean_layer": 2.25,
+            },
+        ),
+        (
+            0.8,
+            {
+                "layers": [1, 3, 3, 3],
+                "stops": [1, 0, 3],
+                "misses": [0, 0, 2],
+                "final_misses": [0, 0, 2],
+                "accuracy": 0.5,
+                "mean_layer": 2.5,
+            },
+        ),
     ],
 )
 def test_outcome_counts(threshold: float, expected: dict[str, list[int] | float]) -> None:
@@ -198,6 +268,7 @@ def test_per_exit_table() -> None:
 
 # --- is_feasible --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("counts", "final_error_rate", "min_count", "expected"),
     [
@@ -221,8 +292,9 @@ def test_per_exit_table() -> None:
         (([8, 0, 10], [2, 0, 2], [2, 0, 2]), 0.25, 1, (True, True)),
     ],
 )
-def test_is_feasible(counts: tuple[list[int], list[int], list[int]], final_error_rate: float, min_count: int,
-                     expected: tuple[bool, bool]) -> None:
+def test_is_feasible(
+    counts: tuple[list[int], list[int], list[int]], final_error_rate: float, min_count: int, expected: tuple[bool, bool]
+) -> None:
     """counts = (stops, misses, final_misses) per layer; expected = (per-exit verdict, paired verdict)."""
     per_exit, paired = expected
     outcome = dummy_outcome(*counts)
@@ -236,13 +308,8 @@ def test_is_feasible_unknown_rule() -> None:
 
 
 # Each exit's error rate p_t = c_miss / c_stop is compared with p_L (DESIGN 3.3 step 4: feasible when p_t <= p_L).
-# search_threshold computes p_L as 1 - accuracy in floating point, so p_L = 0.1 comes out as 0.09999999999999998
-# and an early exit whose error rate is exactly 0.1 (1 miss in 10) is wrongly rejected.
-EQUAL_RATE_REASON = (
-    "threshold_search.is_feasible per-exit rule compares misses <= final_error_rate * stops in floating point; "
-    "search_threshold's final_error_rate = 1 - mean(correct) (0.09999999999999998 for 18/20), so an exit with "
-    "error rate exactly p_L (1/10) is rejected although DESIGN 3.3 step 4 says p_t <= p_L is feasible"
-)
+# Regression: p_L computed as 1 - accuracy in floating point is 0.09999999999999998 for 18/20, and an early exit
+# whose error rate is exactly 0.1 (1 miss in 10) must still be accepted.
 
 
 def equal_rate_cache() -> ExitCache:
@@ -255,7 +322,6 @@ def equal_rate_cache() -> ExitCache:
     return make_cache([[a, b] for a, b in zip(first, final, strict=True)], confidences, targets=targets)
 
 
-@pytest.mark.xfail(strict=True, reason=EQUAL_RATE_REASON)
 def test_is_feasible_accepts_error_rate_equal_to_final_via_search_rate() -> None:
     cache = equal_rate_cache()
     final_error_rate = float(1.0 - cache.correct()[:, -1].mean())  # as search_threshold computes it
@@ -263,7 +329,6 @@ def test_is_feasible_accepts_error_rate_equal_to_final_via_search_rate() -> None
     assert is_feasible(outcome, final_error_rate, "per-exit", min_count=5)
 
 
-@pytest.mark.xfail(strict=True, reason=EQUAL_RATE_REASON)
 def test_search_per_exit_accepts_exit_with_error_rate_equal_to_final() -> None:
     result = search_threshold(MaxProbPolicy(0.5), equal_rate_cache(), rule="per-exit", min_count=5)
     assert result.chosen.mean_exit_layer == pytest.approx(1.5)
@@ -298,8 +363,12 @@ def first_exit_right_cache() -> ExitCache:
     targets = np.tile([0, 1], 6)
     labels = np.stack([targets, rng.integers(0, 2, 12), targets], axis=1)
     labels[:3, 2] = 1 - targets[:3]
-    return ExitCache(labels.astype(np.int64), np.round(rng.uniform(0.5, 1.0, (12, 3)), 2),
-                     np.round(rng.uniform(0.0, 0.7, (12, 3)), 2), targets.astype(np.int64))
+    return ExitCache(
+        labels.astype(np.int64),
+        np.round(rng.uniform(0.5, 1.0, (12, 3)), 2),
+        np.round(rng.uniform(0.0, 0.7, (12, 3)), 2),
+        targets.astype(np.int64),
+    )
 
 
 @pytest.mark.parametrize("rule", ["paired", "per-exit"])
@@ -324,8 +393,7 @@ def always_wrong_early_cache() -> ExitCache:
 
 @pytest.mark.parametrize(("rule", "min_count"), [("paired", 5), ("paired", 1), ("per-exit", 5), ("per-exit", 1)])
 @pytest.mark.parametrize("policy", SEARCH_POLICIES[:5], ids=lambda p: p.name)
-def test_search_keeps_full_depth_when_early_exits_always_wrong(policy: ExitPolicy, rule: str,
-                                                               min_count: int) -> None:
+def test_search_keeps_full_depth_when_early_exits_always_wrong(policy: ExitPolicy, rule: str, min_count: int) -> None:
     cache = always_wrong_early_cache()
     result = search_threshold(policy, cache, rule=rule, min_count=min_count)
     assert result.chosen.threshold == math.inf
@@ -333,8 +401,9 @@ def test_search_keeps_full_depth_when_early_exits_always_wrong(policy: ExitPolic
     assert result.chosen.exit_layers.tolist() == [3] * 12
     assert result.chosen.accuracy == 1.0
     # every finite candidate was rejected
-    assert not any(ok for outcome, ok in zip(result.curve, result.feasible, strict=True)
-                   if math.isfinite(outcome.threshold))
+    assert not any(
+        ok for outcome, ok in zip(result.curve, result.feasible, strict=True) if math.isfinite(outcome.threshold)
+    )
 
 
 def test_search_paired_sum_rejects_many_small_wrong_exits() -> None:

