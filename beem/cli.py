@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,9 +28,25 @@ DEFAULT_STORE = REPO_ROOT / "model_store"
 
 def _build(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
-    overrides = {key: value for key, value in (("epochs", args.epochs), ("seed", args.seed)) if value is not None}
-    if overrides:
-        preset = with_training(preset, **overrides)
+    training_overrides = {
+        key: value
+        for key, value in (
+            ("epochs", args.epochs),
+            ("seed", args.seed),
+            ("max_steps_per_epoch", args.max_steps_per_epoch),
+            ("max_length", args.max_length),
+        )
+        if value is not None
+    }
+    if training_overrides:
+        preset = with_training(preset, **training_overrides)
+    preset_overrides = {
+        key: value
+        for key, value in (("backbone", args.backbone), ("data_file", args.data), ("bundle_name", args.name))
+        if value is not None
+    }
+    if preset_overrides:
+        preset = replace(preset, **preset_overrides)
     if args.threads:
         torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / "runs" / preset.name
@@ -95,6 +112,11 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--epochs", type=int, help="override the preset's number of epochs")
     build.add_argument("--seed", type=int, help="override the preset's training seed")
     build.add_argument("--threads", type=int, help="torch CPU threads")
+    build.add_argument("--backbone", help="override the backbone: minilm-l6, mpnet-base or a local model directory")
+    build.add_argument("--data", help="override the data: one labelled .jsonl or GLUE .tsv file, split 70/15/15")
+    build.add_argument("--name", help="override the bundle name")
+    build.add_argument("--max-length", type=int, help="override the maximum tokens per input")
+    build.add_argument("--max-steps-per-epoch", type=int, help="cap each epoch (quick trials)")
     build.set_defaults(handler=_build)
 
     evaluate = commands.add_parser("evaluate", help="run a bundle's calibrated policies on a data split")

@@ -1,0 +1,65 @@
+"""Layer-by-layer execution equals the encoder's own forward, for every supported family shape we can generate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel, PreTrainedModel, RobertaConfig, RobertaModel
+
+from beem.model.exit_heads import ExitHeadSpec
+from beem.model.layerwise_backbone import LayerwiseBackbone
+from beem.model.multi_exit_model import MultiExitModel
+
+SMALL = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _bert() -> PreTrainedModel:
+    return BertModel(BertConfig(vocab_size=120, **SMALL))
+
+
+def _roberta() -> PreTrainedModel:
+    return RobertaModel(RobertaConfig(vocab_size=120, max_position_embeddings=80, **SMALL))
+
+
+def _mpnet() -> PreTrainedModel:
+    # MPNet (the `large` preset's family) needs its relative position bias in every layer.
+    return MPNetModel(MPNetConfig(vocab_size=120, **SMALL))
+
+
+@pytest.mark.parametrize("make_encoder", [_bert, _roberta, _mpnet], ids=["bert", "roberta", "mpnet"])
+def test_layer_by_layer_is_bit_exact_with_the_encoder_forward(make_encoder: object) -> None:
+    torch.manual_seed(0)
+    encoder = make_encoder().eval()  # type: ignore[operator]
+    input_ids = torch.randint(5, 120, (3, 11))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0  # padded rows must still match
+    attention_mask[2, 4:] = 0
+    backbone = LayerwiseBackbone(encoder)
+    with torch.inference_mode():
+        reference = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        state = backbone.embed(input_ids, attention_mask)
+        for layer in range(backbone.num_layers):
+            state = backbone.run_layer(state)
+            torch.testing.assert_close(state.hidden, reference.hidden_states[layer + 1], atol=0, rtol=0)
+
+
+def test_compacting_rows_keeps_their_results() -> None:
+    """Dropping exited rows between layers (what the server does) must not change the remaining rows."""
+    torch.manual_seed(0)
+    model = MultiExitModel(_mpnet(), ExitHeadSpec(num_layers=3, hidden_size=32, num_labels=2)).eval()
+    input_ids = torch.randint(5, 120, (4, 9))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[3, 5:] = 0
+    with torch.inference_mode():
+        full = model.all_exit_logits(input_ids, attention_mask)  # (L, B, C)
+        state = model.run_layer(model.embed(input_ids, attention_mask))
+        kept = torch.tensor([1, 3])
+        state = model.run_layer(state.select_rows(kept))
+        torch.testing.assert_close(model.exit_logits(state), full[1, kept])
+
+
+def test_unsupported_family_is_refused_by_name() -> None:
+    from transformers import GPT2Config, GPT2Model
+
+    with pytest.raises(ValueError, match="model_type 'gpt2' is not supported"):
+        LayerwiseBackbone(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)))
