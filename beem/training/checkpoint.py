@@ -27,7 +27,11 @@ class TrainerProgress:
 
 
 def save_checkpoint(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: TrainerProgress
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: TrainerProgress,
+    config: dict[str, object],
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, directory / MODEL_FILE)
@@ -44,16 +48,33 @@ def save_checkpoint(
                 "epochs_done": progress.epochs_done,
                 "optimizer_steps": progress.optimizer_steps,
                 "epoch_losses": list(progress.epoch_losses),
+                "config": config,
             },
             indent=2,
         )
     )
 
 
-def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainerProgress | None:
-    """Restore model and optimizer in place; None when the directory holds no complete checkpoint."""
+class CheckpointMismatchError(ValueError):
+    pass
+
+
+def load_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, object]
+) -> TrainerProgress | None:
+    """Restore model and optimizer in place; None when the directory holds no complete checkpoint.
+
+    A checkpoint of another training config is refused: its learning-rate schedule and data order differ, so
+    continuing it would silently produce a model that no single run would.
+    """
     if not (directory / STATE_FILE).is_file():
         return None
+    saved = json.loads((directory / STATE_FILE).read_text())
+    if saved.get("config") != config:
+        raise CheckpointMismatchError(
+            f"{directory / STATE_FILE}: checkpoint of a different training config ({saved.get('config')}); "
+            f"use another run directory or delete this one to start over"
+        )
     model.load_state_dict(load_file(directory / MODEL_FILE))
     flat = load_file(directory / OPTIMIZER_FILE)
     optimizer_state = optimizer.state_dict()
@@ -63,5 +84,4 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
         restored.setdefault(int(index), {})[name] = tensor
     optimizer_state["state"] = restored
     optimizer.load_state_dict(optimizer_state)
-    saved = json.loads((directory / STATE_FILE).read_text())
     return TrainerProgress(saved["epochs_done"], saved["optimizer_steps"], tuple(saved["epoch_losses"]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,17 +64,25 @@ def train(
     train_set: LabelledDataset,
     config: TrainingConfig,
     checkpoint_dir: Path,
+    stop_after_epoch: int | None = None,
 ) -> TrainerProgress:
-    """Train in place; resumes from `checkpoint_dir` when it holds an earlier checkpoint of this run."""
+    """Train in place; resumes from `checkpoint_dir` when it holds an earlier checkpoint of this run.
+
+    `stop_after_epoch` returns early after that epoch's checkpoint (the schedule still spans `config.epochs`), so a
+    long run can be split across processes; calling again with the same config continues it.
+    """
     optimizer = _optimizer(model, config)
     steps_per_epoch = _steps_per_epoch(len(train_set), config)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
-    progress = load_checkpoint(checkpoint_dir, model, optimizer) or TrainerProgress(0, 0, ())
-    for _ in range(progress.optimizer_steps):
-        scheduler.step()  # replay the schedule to where the checkpoint left it
+    progress = load_checkpoint(checkpoint_dir, model, optimizer, config.to_json()) or TrainerProgress(0, 0, ())
+    with warnings.catch_warnings():  # replaying the schedule steps it without an optimizer step, on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(progress.optimizer_steps):
+            scheduler.step()
     labels = torch.tensor(train_set.labels())
-    for epoch in range(progress.epochs_done, config.epochs):
+    last_epoch = config.epochs if stop_after_epoch is None else min(stop_after_epoch, config.epochs)
+    for epoch in range(progress.epochs_done, last_epoch):
         model.train()
         torch.manual_seed(config.seed + epoch)  # dropout masks of this epoch
         order = np.random.default_rng(config.seed + epoch).permutation(len(train_set))
@@ -99,6 +108,6 @@ def train(
         progress = TrainerProgress(
             epoch + 1, progress.optimizer_steps + steps_per_epoch, (*progress.epoch_losses, loss_sum / seen)
         )
-        save_checkpoint(checkpoint_dir, model, optimizer, progress)
+        save_checkpoint(checkpoint_dir, model, optimizer, progress, config.to_json())
     model.eval()
     return progress
