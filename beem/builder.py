@@ -21,7 +21,7 @@ from beem.bundle.bundle_writer import export_bundle, model_state_for_storage
 from beem.bundle.manifest import CALIBRATION_CACHE_FILE, REPORT_FILE, REPORT_PLOT_FILE
 from beem.bundle.report import write_report
 from beem.calibration.exit_cache import ExitCache, compute_exit_cache
-from beem.calibration.policy_calibration import CalibrationOptions, calibrate_policies, calibration_json
+from beem.calibration.policy_calibration import calibrate_policies, calibration_json
 from beem.data.examples import LabelledDataset, read_dataset
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import DataSplits, split_dataset
@@ -61,6 +61,10 @@ def data_provenance(preset: BuildPreset, dataset: LabelledDataset, splits: DataS
     return provenance
 
 
+def _headline(result: dict[str, Any]) -> dict[str, float]:
+    return {key: result[key] for key in ("accuracy", "mean_exit_layer", "layer_speedup")}
+
+
 def _cached_exits(path: Path, compute: Any) -> ExitCache:
     if path.is_file():
         return ExitCache.load(path)
@@ -96,7 +100,7 @@ def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
     test_cache = _cached_exits(
         run_dir / "exits_test.safetensors", lambda: compute_exit_cache(model, tokenizer, splits.test, max_length)
     )
-    options = CalibrationOptions(selection_rule=preset.selection_rule)
+    options = preset.calibration
     calibrated = calibrate_policies(calibration_cache, options)
     calibration = calibration_json(calibration_cache, options, calibrated)
     test_result = evaluate_policies(test_cache, {name: entry.policy for name, entry in calibrated.items()})
@@ -118,20 +122,12 @@ def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
         "policies": {
             name: {
                 "params": calibration["policies"][name]["params"],  # type: ignore[index]
-                "calibration": {
-                    k: calibration["policies"][name][k]  # type: ignore[index]
-                    for k in ("accuracy", "mean_exit_layer", "layer_speedup")
-                },
-                "test": {k: test_result["policies"][name][k] for k in ("accuracy", "mean_exit_layer", "layer_speedup")},
+                "calibration": _headline(calibration["policies"][name]),  # type: ignore[index]
+                "test": _headline(test_result["policies"][name]),
             }
             for name in calibrated
         },
-        "calibration": {
-            "selection_rule": options.selection_rule,
-            "min_count": options.min_count,
-            "reset": options.reset,
-            "count_first_exit": options.count_first_exit,
-        },
+        "calibration": asdict(options),
         "training": {"preset": preset.name, **preset.training.to_json(), "epoch_losses": list(progress.epoch_losses)},
         "data": data_provenance(preset, dataset, splits),
         "build_seconds": round(time.perf_counter() - started, 1),

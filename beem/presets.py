@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from beem.calibration.policy_calibration import CalibrationOptions
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED
 from beem.training.trainer import TrainingConfig
@@ -20,7 +21,7 @@ class BuildPreset:
     data_file: str = str(REPO_DATA_FILE)
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     split_seed: int = DEFAULT_SPLIT_SEED
-    selection_rule: str = "paired"
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     # The bundle's weights are stored in this dtype; calibration runs on the weights as stored.
     storage_dtype: str = "float16"
 

@@ -70,13 +70,14 @@ def write_report(
     markdown_name: str,
     plot_name: str,
 ) -> None:
-    lines = [
-        f"# {title}",
-        "",
-        f"Thresholds chosen on the calibration split by the `{calibration['selection_rule']}` "
-        f"rule (minimum {calibration['min_count']} samples per exit).",
-        "",
-    ]
+    rule = calibration["selection_rule"]
+    detail = (
+        f"accuracy budget {calibration['accuracy_budget'] * 100:.2f} points vs full depth, paired bound "
+        f"z = {calibration['confidence_z']}"
+        if rule == "paired-bound"
+        else f"minimum {calibration['min_count']} samples per exit"
+    )
+    lines = [f"# {title}", "", f"Thresholds chosen on the calibration split by the `{rule}` rule ({detail}).", ""]
     lines += _table("Calibration split", calibration)
     if test_result is not None:
         lines += _table("Test split (never used to choose anything)", test_result)

@@ -54,11 +54,12 @@ class ExitCache:
         return ExitCache(self.exit_labels[rows], self.confidences[rows], self.entropies[rows], self.targets[rows])
 
     def save(self, path: Path) -> None:
+        # float32 on disk is lossless: the values are float32 softmax outputs widened to float64 in memory.
         save_file(
             {
                 "exit_labels": self.exit_labels,
-                "confidences": self.confidences,
-                "entropies": self.entropies,
+                "confidences": self.confidences.astype(np.float32),
+                "entropies": self.entropies.astype(np.float32),
                 "targets": self.targets,
             },
             str(path),
@@ -67,7 +68,12 @@ class ExitCache:
     @classmethod
     def load(cls, path: Path) -> ExitCache:
         arrays = load_file(str(path))
-        return cls(arrays["exit_labels"], arrays["confidences"], arrays["entropies"], arrays["targets"])
+        return cls(
+            arrays["exit_labels"],
+            arrays["confidences"].astype(np.float64),
+            arrays["entropies"].astype(np.float64),
+            arrays["targets"],
+        )
 
 
 def exit_summaries(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,6 +15,8 @@ import numpy as np
 from beem.calibration.exit_cache import ExitCache
 from beem.calibration.theorem_terms import theorem_terms
 from beem.calibration.threshold_search import (
+    DEFAULT_ACCURACY_BUDGET,
+    DEFAULT_CONFIDENCE_Z,
     ExitOutcome,
     ThresholdSearch,
     outcome_at,
@@ -40,8 +42,10 @@ CURVE_POINTS_KEPT = 200
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    selection_rule: str = "paired"
+    selection_rule: str = "paired-bound"
     min_count: int = 5
+    accuracy_budget: float = DEFAULT_ACCURACY_BUDGET  # paired-bound only: tolerated loss vs full depth (fraction)
+    confidence_z: float = DEFAULT_CONFIDENCE_Z  # paired-bound only: one-sided normal quantile of the bound
     count_first_exit: bool = True
     reset: str = "restart"
 
@@ -78,7 +82,9 @@ def calibrate_policies(cache: ExitCache, options: CalibrationOptions) -> dict[st
         if isinstance(policy, FullDepthPolicy):
             calibrated[policy.name] = CalibratedPolicy(policy, None)
             continue
-        search = search_threshold(policy, cache, options.selection_rule, options.min_count)
+        search = search_threshold(
+            policy, cache, options.selection_rule, options.min_count, options.accuracy_budget, options.confidence_z
+        )
         calibrated[policy.name] = CalibratedPolicy(policy.with_threshold(search.chosen.threshold), search)
     return calibrated
 
@@ -123,6 +129,8 @@ def calibration_json(
         "num_layers": num_layers,
         "selection_rule": options.selection_rule,
         "min_count": options.min_count,
+        "accuracy_budget": options.accuracy_budget,
+        "confidence_z": options.confidence_z,
         "exit_accuracies": cache.exit_accuracies().tolist(),
         "final_error_rate": float(1.0 - cache.correct()[:, -1].mean()),
         "oracle": {

@@ -4,10 +4,16 @@ The policy's own `update` is replayed over every cached sample to get its score 
 then sends sample n out at the first layer whose score is >= t, exactly as `ExitPolicy.step` would online. Each
 distinct score value is a distinct candidate, so the scan is exact rather than a grid.
 
-Selection rules (a threshold is feasible when, for every early exit t with at least `min_count` samples):
-- "per-exit" (the paper): error rate of the samples leaving at t <= the final layer's error rate overall;
-- "paired": errors of the samples leaving at t <= the final layer's errors on those *same* samples, and the
-  same summed over all early exits, which guarantees early-exit accuracy >= full depth on the calibration split.
+Selection rules:
+- "per-exit" (the paper): for every early exit t with at least `min_count` samples, the error rate of the samples
+  leaving at t <= the final layer's error rate overall;
+- "paired": for every such exit, its errors on the samples leaving at t <= the final layer's errors on those *same*
+  samples, and the same summed over all early exits, which guarantees early-exit accuracy >= full depth on the
+  calibration split;
+- "paired-bound": an accuracy contract with a guard against calibration noise. With b = samples only full depth
+  gets right and c = samples only the policy gets right (the discordant pairs), the one-sided upper confidence
+  bound of the accuracy loss, (b - c + z * sqrt(b + c)) / N, must stay within `accuracy_budget` (a fraction:
+  0.005 = half a point). b - c has variance b + c under "no difference", so z = 1.2816 is a 90% bound.
 The feasible threshold with the smallest mean exit layer wins (ties: higher accuracy); none feasible -> +inf.
 """
 
@@ -21,7 +27,9 @@ import numpy as np
 from beem.calibration.exit_cache import ExitCache
 from beem.policies.exit_policies import ExitPolicy, PolicyState
 
-SELECTION_RULES = ("per-exit", "paired")
+SELECTION_RULES = ("per-exit", "paired", "paired-bound")
+DEFAULT_ACCURACY_BUDGET = 0.005
+DEFAULT_CONFIDENCE_Z = 1.2816
 MAX_CANDIDATES = 2000
 
 
@@ -36,6 +44,8 @@ class ExitOutcome:
     stops: np.ndarray  # (L,) samples leaving at each layer
     misses: np.ndarray  # (L,) of those, how many the leaving exit got wrong
     final_misses: np.ndarray  # (L,) of those, how many the final exit gets wrong
+    only_final_right: int = 0  # discordant pairs with full depth: b
+    only_policy_right: int = 0  # c
 
     def per_exit_table(self) -> list[dict[str, float | int]]:
         return [
@@ -79,11 +89,26 @@ def outcome_at(cache: ExitCache, scores: np.ndarray, threshold: float) -> ExitOu
     misses = np.bincount(layers - 1, weights=~answered_right, minlength=num_layers).astype(np.int64)
     final_misses = np.bincount(layers - 1, weights=final_wrong, minlength=num_layers).astype(np.int64)
     return ExitOutcome(
-        threshold, layers, float(answered_right.mean()), float(layers.mean()), stops, misses, final_misses
+        threshold,
+        layers,
+        float(answered_right.mean()),
+        float(layers.mean()),
+        stops,
+        misses,
+        final_misses,
+        only_final_right=int(np.sum(~answered_right & ~final_wrong)),
+        only_policy_right=int(np.sum(answered_right & final_wrong)),
     )
 
 
-def is_feasible(outcome: ExitOutcome, final_error_rate: float, rule: str, min_count: int) -> bool:
+def is_feasible(
+    outcome: ExitOutcome,
+    final_error_rate: float,
+    rule: str,
+    min_count: int,
+    accuracy_budget: float = DEFAULT_ACCURACY_BUDGET,
+    confidence_z: float = DEFAULT_CONFIDENCE_Z,
+) -> bool:
     early = slice(0, len(outcome.stops) - 1)
     stops, misses, final_misses = outcome.stops[early], outcome.misses[early], outcome.final_misses[early]
     counted = stops >= min_count
@@ -92,6 +117,10 @@ def is_feasible(outcome: ExitOutcome, final_error_rate: float, rule: str, min_co
         return bool(np.all(misses[counted] <= final_error_rate * stops[counted] + 1e-9))
     if rule == "paired":
         return bool(np.all(misses[counted] <= final_misses[counted]) and misses.sum() <= final_misses.sum())
+    if rule == "paired-bound":
+        b, c = outcome.only_final_right, outcome.only_policy_right
+        loss_bound = b - c + confidence_z * math.sqrt(b + c)
+        return loss_bound <= accuracy_budget * len(outcome.exit_layers) + 1e-9
     raise ValueError(f"unknown selection rule {rule!r}; expected one of {SELECTION_RULES}")
 
 
@@ -110,11 +139,18 @@ class ThresholdSearch:
     feasible: list[bool]
 
 
-def search_threshold(policy: ExitPolicy, cache: ExitCache, rule: str = "paired", min_count: int = 5) -> ThresholdSearch:
+def search_threshold(
+    policy: ExitPolicy,
+    cache: ExitCache,
+    rule: str = "paired",
+    min_count: int = 5,
+    accuracy_budget: float = DEFAULT_ACCURACY_BUDGET,
+    confidence_z: float = DEFAULT_CONFIDENCE_Z,
+) -> ThresholdSearch:
     scores = score_trajectories(policy, cache)
     final_error_rate = float(1.0 - cache.correct()[:, -1].mean())
     curve = [outcome_at(cache, scores, float(t)) for t in candidate_thresholds(scores)]
-    feasible = [is_feasible(o, final_error_rate, rule, min_count) for o in curve]
+    feasible = [is_feasible(o, final_error_rate, rule, min_count, accuracy_budget, confidence_z) for o in curve]
     # +inf is always feasible (nothing leaves early), so the choice is never empty.
     chosen = min(
         (o for o, ok in zip(curve, feasible, strict=True) if ok),

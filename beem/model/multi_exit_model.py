@@ -31,7 +31,7 @@ class MultiExitModel(nn.Module):
         cls, backbone_dir: str, num_labels: int, pooling: str, shared_pooler: bool, dropout: float = 0.1
     ) -> MultiExitModel:
         """A fresh multi-exit model on a pre-trained encoder from a local directory (never a hub id)."""
-        encoder = AutoModel.from_pretrained(backbone_dir, local_files_only=True, attn_implementation="sdpa")
+        encoder = AutoModel.from_pretrained(backbone_dir, local_files_only=True)
         spec = ExitHeadSpec(
             num_layers=encoder.config.num_hidden_layers,
             hidden_size=encoder.config.hidden_size,
@@ -55,7 +55,6 @@ class MultiExitModel(nn.Module):
         config: PretrainedConfig = AutoConfig.for_model(
             model_type, **{key: value for key, value in backbone_config.items() if key != "model_type"}
         )
-        config._attn_implementation = "sdpa"
         # No pooler: the exit heads have their own, and an unused pooler would be dead weight in the bundle.
         encoder = AutoModel.from_config(config, add_pooling_layer=False)
         return cls(encoder, head_spec)

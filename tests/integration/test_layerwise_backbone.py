@@ -63,3 +63,21 @@ def test_unsupported_family_is_refused_by_name() -> None:
 
     with pytest.raises(ValueError, match="model_type 'gpt2' is not supported"):
         LayerwiseBackbone(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)))
+
+
+def test_large_preset_backbone_loads_and_runs_layer_by_layer() -> None:
+    """The `large` preset's 12-layer all-mpnet-base-v2 (optional 404 MB install, see README)."""
+    from beem.model.pretrained_backbones import BackboneNotFoundError, resolve_backbone
+    from beem.presets import get_preset
+
+    try:
+        backbone_dir = resolve_backbone(get_preset("large").backbone)
+    except BackboneNotFoundError as error:
+        pytest.skip(f"optional large backbone not installed: {error}")
+    model = MultiExitModel.from_pretrained_backbone(str(backbone_dir), 2, "mean", shared_pooler=False).eval()
+    assert model.num_layers == 12
+    input_ids = torch.tensor([[0, 1000, 2000, 3000, 2]])
+    with torch.inference_mode():
+        logits = model.all_exit_logits(input_ids, torch.ones_like(input_ids))
+    assert logits.shape == (12, 1, 2)
+    assert torch.isfinite(logits).all()
