@@ -42,6 +42,14 @@ PRESETS: dict[str, BuildPreset] = {
         shared_pooler=True,
         training=TrainingConfig(epochs=3, distillation_weight=0.0),
     ),
+    # Not for serving: the same backbone fine-tuned on its final exit alone, the reference that shows whether
+    # training every exit jointly weakened the final layer.
+    "single-exit": BuildPreset(
+        name="single-exit",
+        backbone="minilm-l6",
+        bundle_name="minilm-rt-sentiment-single-exit",
+        training=TrainingConfig(epochs=3, distillation_weight=0.0, exit_weighting="final-only"),
+    ),
     "large": BuildPreset(
         name="large",
         backbone="mpnet-base",

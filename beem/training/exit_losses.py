@@ -18,11 +18,22 @@ def depth_weights(num_layers: int, device: torch.device) -> torch.Tensor:
     return steps / steps.sum()
 
 
+def final_only_weights(num_layers: int, device: torch.device) -> torch.Tensor:
+    """(L,) one-hot on the last exit: a plain single-exit fine-tune, the reference for full-depth accuracy."""
+    weights = torch.zeros(num_layers, device=device)
+    weights[-1] = 1.0
+    return weights
+
+
+EXIT_WEIGHTINGS = {"depth": depth_weights, "final-only": final_only_weights}
+
+
 def multi_exit_loss(
     exit_logits: torch.Tensor,  # (L, B, C)
     labels: torch.Tensor,  # (B,)
     distillation_weight: float,
     temperature: float,
+    exit_weighting: str = "depth",
 ) -> torch.Tensor:
     num_layers, batch, num_labels = exit_logits.shape
     per_exit_ce = (
@@ -32,7 +43,7 @@ def multi_exit_loss(
         .view(num_layers, batch)
         .mean(dim=1)
     )  # (L,)
-    loss = (depth_weights(num_layers, exit_logits.device) * per_exit_ce).sum()
+    loss = (EXIT_WEIGHTINGS[exit_weighting](num_layers, exit_logits.device) * per_exit_ce).sum()
     if distillation_weight <= 0 or num_layers < 2:
         return loss
     teacher = functional.softmax(exit_logits[-1].detach() / temperature, dim=-1)  # (B, C)

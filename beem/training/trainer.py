@@ -33,6 +33,7 @@ class TrainingConfig:
     warmup_fraction: float = 0.06
     distillation_weight: float = 0.0
     distillation_temperature: float = 2.0
+    exit_weighting: str = "depth"  # "depth" (DESIGN 3.4) or "final-only" (the single-exit reference)
     max_length: int = 128
     seed: int = 13
     max_steps_per_epoch: int | None = None  # caps an epoch; for smoke tests and quick trials
@@ -93,7 +94,11 @@ def train(
             batch = tokenize_examples(tokenizer, [train_set.examples[i] for i in rows], config.max_length)
             exit_logits = model.all_exit_logits(batch.input_ids, batch.attention_mask, batch.token_type_ids)
             loss = multi_exit_loss(
-                exit_logits, labels[rows], config.distillation_weight, config.distillation_temperature
+                exit_logits,
+                labels[rows],
+                config.distillation_weight,
+                config.distillation_temperature,
+                config.exit_weighting,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
