@@ -135,7 +135,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parser().parse_args(argv)
+    return run(parser(), argv)
+
+
+def run(command_parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse and dispatch; expected failures print one line and exit 2, never a traceback."""
+    args = command_parser.parse_args(argv)
     try:
         code: int = args.handler(args)
     except (BundleError, DataFormatError, BackboneNotFoundError, ValueError) as error:

@@ -1,0 +1,145 @@
+"""The app factory and lifespan (DESIGN 5.3): `create_app(settings)` wires settings, metrics, engine and routes.
+
+The bundle's manifest and checksums are verified before the app exists, so a bad bundle stops start-up with a
+message. The model itself loads in the background: /healthz answers at once, /readyz turns 200 when it is
+warm. On shutdown (SIGTERM via uvicorn) the server stops accepting connections, finishes what was admitted, and
+the engine drains before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from beem.bundle.manifest import read_manifest, resolve_bundle_dir
+from service.classification import ClassificationService
+from service.engine.batch_scheduler import BatchScheduler
+from service.engine.inference_engine import InferenceEngine
+from service.errors import error_response, install_error_handlers
+from service.metrics import ServiceMetrics
+from service.routes import classify, operations, predict
+from service.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+COUNTED_ROUTES = ("/v1/classify", "/predict", "/v1/models")
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    manifest = read_manifest(resolve_bundle_dir(settings.bundle))
+    metrics = ServiceMetrics(int(manifest["num_layers"]))
+    scheduler = BatchScheduler(
+        settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_batch_tokens, settings.max_queue,
+        metrics,
+    )  # fmt: skip
+    engine = InferenceEngine(scheduler, metrics, settings.device, settings.dtype)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(asyncio.to_thread(engine.load, settings.bundle, settings.torch_threads))
+        loading.add_done_callback(_log_load_failure)
+        yield
+        app.state.shutting_down = True
+        await asyncio.to_thread(engine.close)
+        if not loading.done():
+            loading.cancel()
+
+    app = FastAPI(
+        title="beem-serve",
+        summary="Early-exit (BEEM) transformer classification",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = engine
+    app.state.shutting_down = False
+    app.state.classification = ClassificationService(engine, settings)
+    install_error_handlers(app)
+    app.include_router(classify.router)
+    app.include_router(predict.router)
+    app.include_router(operations.router)
+    # Added last = outermost: requests rejected for their size are counted too.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _log_load_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the bundle did not load; /readyz stays 503: %s", task.exception())
+
+
+class RequestMetricsMiddleware:
+    """beem_requests_total and beem_request_duration_seconds for the API routes, whatever the outcome."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in COUNTED_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            policy = (scope.get("state") or {}).get("policy", "none")
+            self.metrics.requests.labels(scope["path"], policy, str(status)).inc()
+            self.metrics.request_duration.labels(scope["path"]).observe(time.perf_counter() - started)
+
+
+class BodySizeLimitMiddleware:
+    """413 for a body over the limit, declared (Content-Length) or streamed, before any of it is parsed."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._reject(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                await self._reject(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, f"request body over {self.max_body_bytes} bytes", "payload_too_large")
+        await response(scope, receive, send)

@@ -1,0 +1,185 @@
+"""From validated request to answered rows: tokenize off the event loop, pick each row's policy, enqueue, await.
+
+The HTTP routes only shape requests and responses; this module is where a request meets the engine. It never
+blocks the event loop: tokenization runs in a worker thread, the engine in its own thread, and the request waits
+on futures that the engine resolves row by row as rows exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from fastapi import Request
+from transformers import PreTrainedTokenizerBase
+
+from beem.bundle.bundle_reader import LoadedBundle
+from beem.policies.exit_policies import ExitPolicy
+from beem.policies.policy_registry import build_policy
+from service.engine.inference_engine import InferenceEngine
+from service.engine.work_item import RowOutcome, WorkItem
+from service.errors import (
+    ClientGoneError,
+    InputValidationError,
+    NotReadyError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+)
+from service.schemas import PolicySpec
+from service.settings import ServerSettings
+
+DISCONNECT_POLL_S = 0.05
+SPEC_FIELDS = ("alpha", "threshold", "patience", "layer")
+FIELDS_OF_POLICY = {
+    "beem-a": ("alpha",), "beem-c": ("alpha",), "max-prob": ("threshold",), "entropy": ("threshold",),
+    "patience": ("patience",), "static": ("layer",), "full": (),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TextRow:
+    text: str
+    pair: str | None = None
+
+
+@dataclass(frozen=True)
+class ChosenPolicy:
+    policy: ExitPolicy
+    name: str
+
+
+class ClassificationService:
+    def __init__(self, engine: InferenceEngine, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer's truncation settings are shared state
+
+    @property
+    def bundle(self) -> LoadedBundle:
+        if self.engine.bundle is None or not self.engine.health().warmed_up:
+            raise NotReadyError("the model is still loading; retry shortly")
+        return self.engine.bundle
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.settings.max_input_tokens or self.bundle.max_length
+
+    def choose_policy(self, spec: PolicySpec | None) -> ChosenPolicy:
+        bundle = self.bundle
+        name = spec.name if spec is not None else str(bundle.manifest["default_policy"])
+        params = dict(bundle.manifest["policies"][name]["params"])
+        if spec is not None:
+            for field in SPEC_FIELDS:
+                value = getattr(spec, field)
+                if value is None:
+                    continue
+                if field not in FIELDS_OF_POLICY[name]:
+                    raise InputValidationError(f"policy.{field} does not apply to policy {name!r}")
+                params[field] = value
+            if name == "max-prob" and spec.threshold is not None and spec.threshold > 1:
+                raise InputValidationError("policy.threshold for max-prob is a probability: at most 1")
+        return ChosenPolicy(build_policy(name, params, bundle.num_layers), name)
+
+    def check_rows(self, rows: Sequence[TextRow]) -> None:
+        if not rows:
+            raise InputValidationError("inputs is empty")
+        if len(rows) > self.settings.max_inputs_per_request:
+            raise PayloadTooLargeError(
+                f"{len(rows)} inputs in one request; the limit is {self.settings.max_inputs_per_request}"
+            )
+        for index, row in enumerate(rows):
+            if not row.text.strip() or (row.pair is not None and not row.pair.strip()):
+                raise InputValidationError(f"inputs[{index}] is empty or whitespace")
+
+    def _tokenize(self, rows: Sequence[TextRow], truncate: bool, side: str) -> list[tuple[list[int], list[int] | None]]:
+        tokenizer: PreTrainedTokenizerBase = self.bundle.tokenizer
+        limit = self.max_input_tokens
+        texts = [row.text for row in rows]
+        pairs = [row.pair or "" for row in rows] if any(row.pair is not None for row in rows) else None
+        with self._tokenizer_lock:
+            tokenizer.truncation_side = side
+            encoded = tokenizer(texts, pairs, truncation=truncate, max_length=limit if truncate else None)
+            tokenizer.truncation_side = "right"
+        ids: list[list[int]] = encoded["input_ids"]
+        for index, row_ids in enumerate(ids):
+            if len(row_ids) > limit:
+                raise InputValidationError(
+                    f"inputs[{index}] is {len(row_ids)} tokens; the limit is {limit} (send truncate=true to cut it)"
+                )
+        types: list[list[int]] | None = encoded.get("token_type_ids")
+        return [(row_ids, types[i] if types is not None else None) for i, row_ids in enumerate(ids)]
+
+    async def classify(
+        self,
+        request: Request,
+        rows: Sequence[TextRow],
+        chosen: ChosenPolicy,
+        max_layers: int | None,
+        return_exits: bool,
+        truncate: bool,
+        truncation_side: str = "right",
+    ) -> list[RowOutcome]:
+        bundle = self.bundle
+        self.check_rows(rows)
+        if max_layers is not None and max_layers > bundle.num_layers:
+            raise InputValidationError(f"max_layers is {max_layers}; the model has {bundle.num_layers} layers")
+        encoded = await asyncio.to_thread(self._tokenize, rows, truncate, truncation_side)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[RowOutcome]] = [loop.create_future() for _ in rows]
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        items = [
+            WorkItem(
+                input_ids=input_ids,
+                token_type_ids=token_types,
+                policy=chosen.policy,
+                policy_name=chosen.name,
+                last_layer=max_layers or bundle.num_layers,
+                return_exits=return_exits,
+                deadline=deadline,
+                on_done=_resolver(loop, future),
+            )
+            for (input_ids, token_types), future in zip(encoded, futures, strict=True)
+        ]
+        self.engine.submit(items)
+        watcher = asyncio.create_task(_cancel_when_client_leaves(request, items))
+        try:
+            outcomes = await asyncio.wait_for(asyncio.gather(*futures), self.settings.request_timeout_s)
+        except TimeoutError as error:
+            for item in items:
+                item.cancelled = True
+            raise RequestTimeoutError(f"not answered within {self.settings.request_timeout_s} s") from error
+        finally:
+            watcher.cancel()
+        dropped = next((outcome.dropped for outcome in outcomes if outcome.dropped), None)
+        if dropped == "client_gone":
+            raise ClientGoneError("the client closed the connection")
+        if dropped == "timeout":
+            raise RequestTimeoutError(f"not answered within {self.settings.request_timeout_s} s")
+        if dropped is not None:
+            raise RuntimeError(f"engine could not answer: {dropped}")
+        return list(outcomes)
+
+
+def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[RowOutcome]) -> Callable[[RowOutcome], None]:
+    def resolve(outcome: RowOutcome) -> None:
+        loop.call_soon_threadsafe(_set_once, future, outcome)
+
+    return resolve
+
+
+def _set_once(future: asyncio.Future[RowOutcome], outcome: RowOutcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+async def _cancel_when_client_leaves(request: Request, items: list[WorkItem]) -> None:
+    """Poll for a disconnect while rows are in flight; the engine then drops them before the next layer."""
+    with contextlib.suppress(asyncio.CancelledError):
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        for item in items:
+            item.cancelled = True

@@ -1,0 +1,74 @@
+"""The `beem` console script: the offline commands of `beem.cli` plus `beem serve`.
+
+It lives in `service` because serving depends on the offline package, never the other way round (DESIGN 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from beem import cli as offline_cli
+from beem.bundle.manifest import BundleError
+
+SERVE_FLAGS = (
+    ("--bundle", str, "bundle directory (default: the committed default bundle)"),
+    ("--host", str, "interface to listen on (default 127.0.0.1)"),
+    ("--port", int, "port (default 8000; 0 picks a free one)"),
+    ("--device", str, "auto | cpu | cuda"),
+    ("--dtype", str, "auto | float32 | float16 | bfloat16"),
+    ("--max-batch-size", int, "rows per micro-batch"),
+    ("--max-batch-wait-ms", float, "how long a micro-batch waits to fill"),
+    ("--max-batch-tokens", int, "padded tokens per micro-batch"),
+    ("--max-queue", int, "rows admitted and not yet answered before 429"),
+    ("--request-timeout-s", float, "seconds before a request gets 504"),
+    ("--max-input-tokens", int, "tokens per input (default: the bundle's max_length)"),
+    ("--max-inputs-per-request", int, "inputs in one request before 413"),
+    ("--torch-threads", int, "CPU threads for torch"),
+)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import ServerSettings
+
+    overrides = {
+        flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
+        for flag, _, _ in SERVE_FLAGS
+    }
+    try:
+        settings = ServerSettings(**{key: value for key, value in overrides.items() if value is not None})
+        app = create_app(settings)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
+        print(f"beem serve: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    except BundleError as error:
+        print(f"beem serve: cannot serve this bundle: {error}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=60)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = offline_cli.parser()
+    commands = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    serve = commands.add_parser("serve", help="serve a bundle over HTTP (FastAPI + uvicorn)")
+    for flag, kind, help_text in SERVE_FLAGS:
+        serve.add_argument(flag, type=kind, help=help_text)
+    serve.set_defaults(handler=_serve)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return offline_cli.run(parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Domain errors and the one place they become HTTP responses (DESIGN 5.3).
+
+Every error body is `{"error": "...", "error_type": "..."}`, the shape text-embeddings-inference uses, so clients
+can tell a bad request from an overloaded server without parsing prose.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from beem.policies.policy_registry import PolicyParameterError
+from service.engine.batch_scheduler import EngineClosedError, QueueFullError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    status_code = 400
+    error_type = "bad_request"
+    headers: ClassVar[dict[str, str] | None] = None
+
+
+class InputValidationError(ServiceError):
+    status_code = 422
+    error_type = "validation"
+
+
+class PayloadTooLargeError(ServiceError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class UnauthorizedError(ServiceError):
+    status_code = 401
+    error_type = "unauthorized"
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class NotReadyError(ServiceError):
+    status_code = 503
+    error_type = "unavailable"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
+class RequestTimeoutError(ServiceError):
+    status_code = 504
+    error_type = "timeout"
+
+
+class ClientGoneError(ServiceError):
+    status_code = 499  # nginx's "client closed request": nobody reads it, but logs and metrics do
+    error_type = "client_closed_request"
+
+
+def error_response(
+    status_code: int, message: str, error_type: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status_code, headers=headers)
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for detail in error.errors()[:5]:
+        location = ".".join(str(step) for step in detail.get("loc", ()) if step != "body")
+        parts.append(f"{location or 'body'}: {detail.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
+        return error_response(error.status_code, str(error), error.error_type, error.headers)
+
+    @app.exception_handler(PolicyParameterError)
+    async def _policy_error(_: Request, error: PolicyParameterError) -> JSONResponse:
+        return error_response(422, str(error), "validation")
+
+    @app.exception_handler(QueueFullError)
+    async def _queue_full(_: Request, error: QueueFullError) -> JSONResponse:
+        return error_response(429, f"overloaded: {error}", "overloaded", {"Retry-After": "1"})
+
+    @app.exception_handler(EngineClosedError)
+    async def _closed(_: Request, error: EngineClosedError) -> JSONResponse:
+        return error_response(503, str(error), "unavailable", {"Retry-After": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(422, _validation_message(error), "validation")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return error_response(error.status_code, str(error.detail), "http", getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal error", "internal")

@@ -1,0 +1,38 @@
+"""The server's one settings class: environment (`BEEM_` prefix) with CLI flags on top, validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUNDLE = REPO_ROOT / "model_store" / "minilm-rt-sentiment"
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BEEM_", extra="forbid")
+
+    bundle: Path = Field(DEFAULT_BUNDLE, description="bundle directory (a version, or a model for its latest)")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_batch_size: int = Field(32, ge=1, le=1024, description="rows per micro-batch")
+    max_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
+    max_batch_tokens: int = Field(16384, ge=16, description="padded tokens per micro-batch (rows x longest row)")
+    max_queue: int = Field(512, ge=1, description="rows admitted and not yet answered; beyond it 429")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request not answered by then gets 504")
+    max_input_tokens: int | None = Field(None, ge=2, description="default: the bundle's max_length")
+    max_inputs_per_request: int = Field(64, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    torch_threads: int | None = Field(None, ge=1)
+    api_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _bundle_exists(self) -> ServerSettings:
+        if not self.bundle.exists():
+            raise ValueError(f"bundle {self.bundle} does not exist")
+        return self
