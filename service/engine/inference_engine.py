@@ -132,6 +132,12 @@ class InferenceEngine:
     def _run_batch(self, batch: list[WorkItem]) -> None:
         assert self.bundle is not None
         model, num_layers = self.bundle.model, self.bundle.num_layers
+        for item in batch:
+            if item.cancelled:  # the client left while the batch was filling: spend nothing on it
+                self._drop(item, 0, "client_gone")
+        batch = [item for item in batch if not item.cancelled]
+        if not batch:
+            return
         self.metrics.batch_size.observe(len(batch))
         state: EncoderState = model.embed(*self._pad(batch))
         active = batch
@@ -151,7 +157,7 @@ class InferenceEngine:
                     item.traces.append(ExitTrace(layer, labels[row], confidences[row]))
                 (exiting if decision.exit_now else keep).append(row)
             if exiting:
-                self._answer(active, exiting, logits, layer)
+                self._answer(active, exiting, labels, logits, layer)
             # Rows whose client left stop here: no more layers are spent on them.
             still_wanted = [row for row in keep if not active[row].cancelled]
             for row in keep:
@@ -164,28 +170,31 @@ class InferenceEngine:
                 active = [active[row] for row in still_wanted]
                 policy_states = [policy_states[row] for row in still_wanted]
 
-    def _answer(self, active: list[WorkItem], rows: list[int], logits: torch.Tensor, layer: int) -> None:
+    def _answer(
+        self, active: list[WorkItem], rows: list[int], labels: list[int], logits: torch.Tensor, layer: int
+    ) -> None:
         chosen = logits[rows]  # (E, C)
         probabilities = torch.softmax(chosen, dim=-1).tolist()
         raw = chosen.tolist()
         for position, row in enumerate(rows):
             item = active[row]
-            label = max(range(len(probabilities[position])), key=probabilities[position].__getitem__)
             self._account(item, layer)
             item.on_done(RowOutcome(
-                label=label,
+                label=labels[row],
                 probabilities=tuple(probabilities[position]),
                 logits=tuple(raw[position]),
                 exit_layer=layer,
                 exits=tuple(item.traces),
             ))  # fmt: skip
 
-    def _drop(self, item: WorkItem, layer: int, reason: str) -> None:
-        self._account(item, layer)
+    def _drop(self, item: WorkItem, layers_run: int, reason: str) -> None:
+        """A row nobody waits for: count the layers it cost, answer it as dropped."""
+        self.metrics.layers_computed.labels(TASK).inc(layers_run)
         self.metrics.dropped_rows.labels(reason).inc()
         item.on_done(RowOutcome(dropped=reason))
 
     def _account(self, item: WorkItem, layer: int) -> None:
+        """An answered row: its exit layer, and compute used against what full depth would have used."""
         assert self.bundle is not None
         self.metrics.exit_layer.labels(item.policy_name, TASK).observe(layer)
         self.metrics.layers_computed.labels(TASK).inc(layer)

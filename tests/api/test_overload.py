@@ -1,0 +1,38 @@
+"""Overload and time limits: 429 with Retry-After when the queue is full, 504 past the deadline, 503 until ready."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import ServerSettings
+from tests.api.conftest import ready_client
+
+
+def test_full_queue_sheds_load_with_retry_after(tiny_bundle_dir: Path) -> None:
+    for client in ready_client(ServerSettings(bundle=tiny_bundle_dir, max_queue=1)):
+        response = client.post("/v1/classify", json={"inputs": ["one", "two"]})  # two rows, room for one
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error_type"] == "overloaded"
+        assert client.post("/v1/classify", json={"inputs": "one"}).status_code == 200
+        assert 'status="429"' in client.get("/metrics").text
+
+
+def test_request_past_its_deadline_gets_504_and_costs_no_compute(tiny_bundle_dir: Path) -> None:
+    settings = ServerSettings(bundle=tiny_bundle_dir, request_timeout_s=0.05, max_batch_wait_ms=500)
+    for client in ready_client(settings):
+        response = client.post("/v1/classify", json={"inputs": "waits for a batch that fills too slowly"})
+        assert response.status_code == 504
+        assert response.json()["error_type"] == "timeout"
+
+
+def test_not_ready_before_the_model_is_loaded(tiny_bundle_dir: Path) -> None:
+    client = TestClient(create_app(ServerSettings(bundle=tiny_bundle_dir)))  # no lifespan: nothing loads
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    response = client.post("/v1/classify", json={"inputs": "too early"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
