@@ -1,10 +1,10 @@
-# One command serves (for now: evaluates) the default bundle, one runs the tests; both set up what they need.
+# One command serves the default bundle, one runs the tests; both set up what they need.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck unit build-default clean
+.PHONY: setup run evaluate test lint typecheck unit build-default clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
+	$(BIN)/beem serve  # settings from BEEM_* variables, e.g. BEEM_HOST=0.0.0.0 BEEM_PORT=8000
+
+evaluate: setup
 	$(BIN)/beem evaluate --bundle model_store/minilm-rt-sentiment --split test
 
 lint: setup

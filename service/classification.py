@@ -102,7 +102,9 @@ class ClassificationService:
         pairs = [row.pair or "" for row in rows] if any(row.pair is not None for row in rows) else None
         with self._tokenizer_lock:
             tokenizer.truncation_side = side
-            encoded = tokenizer(texts, pairs, truncation=truncate, max_length=limit if truncate else None)
+            encoded = tokenizer(
+                texts, pairs, padding=False, truncation=truncate, max_length=limit if truncate else None
+            )
             tokenizer.truncation_side = "right"
         ids: list[list[int]] = encoded["input_ids"]
         for index, row_ids in enumerate(ids):

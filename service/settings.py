@@ -21,7 +21,10 @@ class ServerSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_batch_size: int = Field(32, ge=1, le=1024, description="rows per micro-batch")
-    max_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
+    max_batch_wait_ms: float = Field(
+        0.0, ge=0, le=1000,
+        description="how long a forming batch waits for more rows; 0 = take what is queued when the engine is free",
+    )  # fmt: skip
     max_batch_tokens: int = Field(16384, ge=16, description="padded tokens per micro-batch (rows x longest row)")
     max_queue: int = Field(512, ge=1, description="rows admitted and not yet answered; beyond it 429")
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered by then gets 504")

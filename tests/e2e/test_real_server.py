@@ -138,3 +138,27 @@ def test_a_request_whose_client_left_is_dropped_before_compute(tiny_bundle_dir: 
         assert "beem_batch_size_count 0.0" in metrics  # no batch ever ran for it
     finally:
         running.stop()
+
+
+def test_rows_of_different_policies_share_a_batch_and_keep_their_own_rule(tiny_bundle_dir: Path) -> None:
+    running = ServerProcess(tiny_bundle_dir, "--max-batch-wait-ms", "300")
+    running.wait_ready()
+    policies = [{"name": "static", "layer": 1}, {"name": "full"}, {"name": "static", "layer": 2}]
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+            return await asyncio.gather(*(
+                client.post("/v1/classify", json={"inputs": TEXTS[:2], "policy": policy}) for policy in policies
+            ))  # fmt: skip
+
+    try:
+        responses = asyncio.run(fire())
+        layers = [{r["exit_layer"] for r in response.json()["results"]} for response in responses]
+        assert layers == [{1}, {3}, {2}]
+        metrics = httpx.get(f"{running.url}/metrics").text
+        assert "beem_batch_size_count 1.0" in metrics and "beem_batch_size_sum 6.0" in metrics
+        # 6 rows entered layer 1; the two static-1 rows left, then the two static-2 rows: 4 at layer 2, 2 at 3.
+        assert 'beem_layer_batch_size_sum{layer="2"} 4.0' in metrics
+        assert 'beem_layer_batch_size_sum{layer="3"} 2.0' in metrics
+    finally:
+        running.stop()

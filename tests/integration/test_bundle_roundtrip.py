@@ -33,6 +33,8 @@ def test_bundle_has_the_documented_layout(tiny_bundle_dir: Path) -> None:
     assert manifest["data"]["split_sizes"] == {"train": 168, "calibration": 36, "test": 36}
     assert not list(tiny_bundle_dir.rglob("*.bin")) and not list(tiny_bundle_dir.rglob("*.pt")), "no pickle files"
     assert all(t.dtype == torch.float16 for t in load_file(tiny_bundle_dir / WEIGHTS_FILE).values())
+    tokenizer_json = json.loads((tiny_bundle_dir / "tokenizer" / "tokenizer.json").read_text())
+    assert tokenizer_json["padding"] is None and tokenizer_json["truncation"] is None  # no leftover call state
 
 
 def test_loaded_bundle_reproduces_the_calibration_cache_exactly(tiny_bundle_dir: Path, tiny_data_file: Path) -> None:
