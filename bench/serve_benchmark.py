@@ -2,8 +2,9 @@
 
     python bench/serve_benchmark.py [--bundle DIR] [--requests 300] [--duration 15] [--concurrency 16]
 
-1. In-process, batch 1, no HTTP: a plain transformers forward of the same weights (the encoder's own `forward`
-   and the final exit head) against our engine at `full` depth and at BEEM-A, interleaved round by round.
+1. In-process, batch 1, no HTTP, one thread: a plain transformers forward of the same weights (the encoder's own
+   `forward` and the final exit head) against the engine's batch code at `full` depth and at BEEM-A, interleaved
+   text by text (the engine overhead without the thread hand-off, which the HTTP numbers include).
 2. A real `beem serve` process: batch-1 latency (sequential requests) and closed-loop throughput at a given
    concurrency, for BEEM-A and full, interleaved in rounds so drift hits both alike.
 Prints one JSON object with the measurements and the ratios the README quotes.
@@ -21,21 +22,19 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import torch
 
-from beem.bundle.bundle_reader import load_bundle
 from beem.bundle.manifest import resolve_bundle_dir
 from beem.data.examples import read_dataset
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import split_dataset
 from service.engine.batch_scheduler import BatchScheduler
 from service.engine.inference_engine import InferenceEngine
-from service.engine.work_item import RowOutcome, WorkItem
+from service.engine.work_item import WorkItem
 from service.metrics import ServiceMetrics
 from service.settings import DEFAULT_BUNDLE
 
@@ -46,48 +45,43 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def in_process(bundle_dir: Path, texts: list[str], rounds: int) -> dict[str, float]:
-    """Median per-request milliseconds at batch 1: plain forward vs engine(full) vs engine(beem-a)."""
-    bundle = load_bundle(bundle_dir)
-    metrics = ServiceMetrics(bundle.num_layers)
+    """Median milliseconds per text at batch 1, all in this thread so no thread pool competes: the encoder's own
+    `forward` plus the final exit head, against the engine's batch code (`run_batch`: layer loop, exit heads
+    where a policy reads them, policy steps, answers) at full depth and at BEEM-A. Interleaved text by text."""
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    metrics = ServiceMetrics(int(manifest["num_layers"]))
     engine = InferenceEngine(BatchScheduler(1, 0.0, 1 << 20, 1024, metrics), metrics, "cpu", "float32")
-    engine.load(bundle_dir, None)
-    encoder = engine.bundle.model.backbone.model  # type: ignore[union-attr]
-    heads = engine.bundle.model.heads  # type: ignore[union-attr]
-    tokenizer = bundle.tokenizer
+    engine.load(bundle_dir, None, start_worker=False)
+    bundle = engine.bundle
+    assert bundle is not None
+    encoder, heads, tokenizer = bundle.model.backbone.model, bundle.model.heads, bundle.tokenizer
 
     def plain(text: str) -> None:
         encoded = tokenizer(text, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = encoder(**encoded).last_hidden_state
-            heads(bundle.num_layers - 1, hidden, encoded["attention_mask"]).argmax(-1)
+        hidden = encoder(**encoded).last_hidden_state
+        heads(bundle.num_layers - 1, hidden, encoded["attention_mask"]).argmax(-1).tolist()
 
-    def through_engine(text: str, policy_name: str) -> None:
-        done = threading.Event()
+    def engine_batch(text: str, policy_name: str) -> None:
         encoded = tokenizer(text)
-
-        def finished(_: RowOutcome) -> None:
-            done.set()
-
-        engine.submit([WorkItem(
+        engine.run_batch([WorkItem(
             input_ids=encoded["input_ids"], token_type_ids=encoded.get("token_type_ids"),
-            policy=engine.bundle.policies[policy_name], policy_name=policy_name,  # type: ignore[union-attr]
-            last_layer=bundle.num_layers, return_exits=False, deadline=time.monotonic() + 60, on_done=finished,
+            policy=bundle.policies[policy_name], policy_name=policy_name, last_layer=bundle.num_layers,
+            return_exits=False, deadline=time.monotonic() + 60, on_done=lambda _: None,
         )])  # fmt: skip
-        done.wait()
 
-    timings: dict[str, list[float]] = {"plain_forward": [], "engine_full": [], "engine_beem_a": []}
     runners = {
         "plain_forward": plain,
-        "engine_full": lambda t: through_engine(t, "full"),
-        "engine_beem_a": lambda t: through_engine(t, "beem-a"),
+        "engine_full": lambda t: engine_batch(t, "full"),
+        "engine_beem_a": lambda t: engine_batch(t, "beem-a"),
     }
-    for _ in range(rounds):
-        for name, run in runners.items():  # interleaved: each round times all three on the same texts
-            started = time.perf_counter()
+    timings: dict[str, list[float]] = {name: [] for name in runners}
+    with torch.inference_mode():
+        for _ in range(rounds):
             for text in texts:
-                run(text)
-            timings[name].append((time.perf_counter() - started) / len(texts) * 1000)
-    engine.close()
+                for name, run in runners.items():
+                    started = time.perf_counter()
+                    run(text)
+                    timings[name].append((time.perf_counter() - started) * 1000)
     return {name: statistics.median(values) for name, values in timings.items()}
 
 

@@ -62,7 +62,9 @@ class ExitHeads(nn.Module):
         """Logits of exit `exit_index` (0-based): (B, T, H), (B, T) -> (B, num_labels)."""
         pooled = pool_hidden(hidden, attention_mask, self.spec.pooling)  # (B, H)
         pooler = self.poolers[0 if self.spec.shared_pooler else exit_index]
-        features = torch.tanh(pooler(self.dropout(pooled)))
         classifier: nn.Module = self.classifiers[exit_index]
-        logits: torch.Tensor = classifier(self.dropout(features))
-        return logits
+        if self.training:
+            features = torch.tanh(pooler(self.dropout(pooled)))
+            return classifier(self.dropout(features))
+        # Serving calls this after every layer: skip the dropout modules' call overhead in eval.
+        return classifier(torch.tanh(pooler(pooled)))

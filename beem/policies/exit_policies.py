@@ -34,6 +34,10 @@ class ExitObservation:
     entropy: float  # entropy of the exit's distribution, nats
 
 
+# What a depth-only policy is shown when the exit head was skipped; it never reads it.
+BLIND_OBSERVATION = ExitObservation(label=-1, confidence=0.0, entropy=0.0)
+
+
 @dataclass(frozen=True)
 class PolicyState:
     """Per-sample state between layers; a new sample starts from `PolicyState()`."""
@@ -51,6 +55,12 @@ class Decision:
 
 class ExitPolicy(ABC):
     name: str
+
+    @property
+    def reads_exits(self) -> bool:
+        """False for policies that decide from depth alone: the engine may then skip the exit head at layers
+        where the sample does not leave, and pass `BLIND_OBSERVATION` to `step`."""
+        return True
 
     @property
     @abstractmethod
@@ -189,6 +199,10 @@ class StaticPolicy(ExitPolicy):
 
     layer: float
     name: str = "static"
+
+    @property
+    def reads_exits(self) -> bool:
+        return False
 
     @property
     def threshold(self) -> float:

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from beem.bundle.bundle_reader import LoadedBundle, load_bundle
-from beem.calibration.exit_cache import exit_summaries
 from beem.model.layerwise_backbone import EncoderState
-from beem.policies.exit_policies import ExitObservation, PolicyState
+from beem.model.multi_exit_model import MultiExitModel
+from beem.policies.exit_policies import BLIND_OBSERVATION, ExitObservation, PolicyState
 from service.engine.batch_scheduler import BatchScheduler
+from service.engine.exit_readout import ExitReadout, read_exits
 from service.engine.work_item import ExitTrace, RowOutcome, WorkItem
 from service.metrics import ServiceMetrics
 
@@ -60,16 +60,18 @@ class InferenceEngine:
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
-    def load(self, bundle_path: Path, torch_threads: int | None) -> None:
-        """Load and warm up, then start the worker thread. Blocking: call it off the event loop."""
+    def load(self, bundle_path: Path, torch_threads: int | None, start_worker: bool = True) -> None:
+        """Load and warm up, then start the worker thread (unless `start_worker` is False: benchmarks then call
+        `run_batch` in their own thread). Blocking: call it off the event loop."""
         try:
             if torch_threads:
                 torch.set_num_threads(torch_threads)
             self.bundle = load_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
             self.metrics.model_info.labels(self.bundle.name, self.bundle.version).set(1)
             self._warm_up(self.bundle)
-            self._thread = threading.Thread(target=self._run, name="beem-engine", daemon=True)
-            self._thread.start()
+            if start_worker:
+                self._thread = threading.Thread(target=self._run, name="beem-engine", daemon=True)
+                self._thread.start()
             self._warmed_up = True
         except Exception as error:
             self._error = f"{type(error).__name__}: {error}"
@@ -106,8 +108,7 @@ class InferenceEngine:
     def _run(self) -> None:
         while (batch := self.scheduler.next_batch()) is not None:
             try:
-                with torch.inference_mode():
-                    self._run_batch(batch)
+                self.run_batch(batch)
             except Exception as error:  # a bug must not kill the worker: answer the batch as failed, go on
                 log.exception("batch failed")
                 for item in batch:
@@ -129,63 +130,72 @@ class InferenceEngine:
         move = (lambda t: t.to(self.device, non_blocking=True)) if self.device.type == "cuda" else (lambda t: t)
         return move(input_ids), move(attention_mask), None if token_types is None else move(token_types)
 
-    def _run_batch(self, batch: list[WorkItem]) -> None:
+    @torch.inference_mode()
+    def run_batch(self, batch: list[WorkItem]) -> None:
+        """Run one micro-batch to the end, answering each row as it exits. The worker thread's loop body."""
         assert self.bundle is not None
         model, num_layers = self.bundle.model, self.bundle.num_layers
         for item in batch:
             if item.cancelled:  # the client left while the batch was filling: spend nothing on it
                 self._drop(item, 0, "client_gone")
-        batch = [item for item in batch if not item.cancelled]
-        if not batch:
+        active = [item for item in batch if not item.cancelled]
+        if not active:
             return
-        self.metrics.batch_size.observe(len(batch))
-        state: EncoderState = model.embed(*self._pad(batch))
-        active = batch
-        policy_states = [PolicyState() for _ in batch]
+        self.metrics.batch_size.observe(len(active))
+        state: EncoderState = model.embed(*self._pad(active))
+        policy_states = [PolicyState() for _ in active]
         for layer in range(1, num_layers + 1):
             self.metrics.layer_batch_size.labels(str(layer)).observe(len(active))
             state = model.run_layer(state)
-            logits = model.exit_logits(state).float()  # (B_active, C)
-            labels, confidences, entropies = (t.tolist() for t in exit_summaries(logits))
+            readouts = self._read_exits_if_needed(model, state, active, policy_states, layer)
             keep: list[int] = []
-            exiting: list[int] = []
             for row, item in enumerate(active):
-                observation = ExitObservation(labels[row], confidences[row], entropies[row])
+                readout = readouts[row] if readouts is not None else None
+                observation = _observation(readout)
                 decision = item.policy.step(policy_states[row], observation, item.last_layer)
                 policy_states[row] = decision.state
-                if item.return_exits:
-                    item.traces.append(ExitTrace(layer, labels[row], confidences[row]))
-                (exiting if decision.exit_now else keep).append(row)
-            if exiting:
-                self._answer(active, exiting, labels, logits, layer)
-            # Rows whose client left stop here: no more layers are spent on them.
-            still_wanted = [row for row in keep if not active[row].cancelled]
-            for row in keep:
-                if active[row].cancelled:
-                    self._drop(active[row], layer, "client_gone")
-            if not still_wanted:
+                if item.return_exits and readout is not None:
+                    item.traces.append(ExitTrace(layer, readout.label, readout.confidence))
+                if decision.exit_now:
+                    assert readout is not None, "a row exits only at a layer whose exit head ran"
+                    self._answer(item, readout, layer)
+                elif item.cancelled:  # the client left: no more layers are spent on this row
+                    self._drop(item, layer, "client_gone")
+                else:
+                    keep.append(row)
+            if not keep:
                 return
-            if len(still_wanted) < len(active):
-                state = state.select_rows(torch.tensor(still_wanted, device=state.hidden.device))
-                active = [active[row] for row in still_wanted]
-                policy_states = [policy_states[row] for row in still_wanted]
+            if len(keep) < len(active):
+                state = state.select_rows(torch.tensor(keep, device=state.hidden.device))
+                active = [active[row] for row in keep]
+                policy_states = [policy_states[row] for row in keep]
 
-    def _answer(
-        self, active: list[WorkItem], rows: list[int], labels: list[int], logits: torch.Tensor, layer: int
-    ) -> None:
-        chosen = logits[rows]  # (E, C)
-        probabilities = torch.softmax(chosen, dim=-1).tolist()
-        raw = chosen.tolist()
-        for position, row in enumerate(rows):
-            item = active[row]
-            self._account(item, layer)
-            item.on_done(RowOutcome(
-                label=labels[row],
-                probabilities=tuple(probabilities[position]),
-                logits=tuple(raw[position]),
-                exit_layer=layer,
-                exits=tuple(item.traces),
-            ))  # fmt: skip
+    @staticmethod
+    def _read_exits_if_needed(
+        model: MultiExitModel,
+        state: EncoderState,
+        active: list[WorkItem],
+        policy_states: list[PolicyState],
+        layer: int,
+    ) -> list[ExitReadout] | None:
+        """Run this layer's exit head unless no row can use it: depth-only policies (static, full) that do not
+        leave here and do not want traces skip it, so `full` costs what a plain forward costs."""
+        for item, policy_state in zip(active, policy_states, strict=True):
+            if item.policy.reads_exits or item.return_exits or layer >= item.last_layer:
+                return read_exits(model.exit_logits(state))
+            if item.policy.step(policy_state, BLIND_OBSERVATION, item.last_layer).exit_now:
+                return read_exits(model.exit_logits(state))
+        return None
+
+    def _answer(self, item: WorkItem, readout: ExitReadout, layer: int) -> None:
+        self._account(item, layer)
+        item.on_done(RowOutcome(
+            label=readout.label,
+            probabilities=readout.probabilities,
+            logits=readout.logits,
+            exit_layer=layer,
+            exits=tuple(item.traces),
+        ))  # fmt: skip
 
     def _drop(self, item: WorkItem, layers_run: int, reason: str) -> None:
         """A row nobody waits for: count the layers it cost, answer it as dropped."""
@@ -201,5 +211,7 @@ class InferenceEngine:
         self.metrics.layers_possible.labels(TASK).inc(self.bundle.num_layers)
 
 
-def monotonic_deadline(timeout_s: float) -> float:
-    return time.monotonic() + timeout_s
+def _observation(readout: ExitReadout | None) -> ExitObservation:
+    if readout is None:
+        return BLIND_OBSERVATION
+    return ExitObservation(readout.label, readout.confidence, readout.entropy)
