@@ -68,10 +68,15 @@ class InferenceEngine:
                 torch.set_num_threads(torch_threads)
             self.bundle = load_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
             self.metrics.model_info.labels(self.bundle.name, self.bundle.version).set(1)
-            self._warm_up(self.bundle)
             if start_worker:
-                self._thread = threading.Thread(target=self._run, name="beem-engine", daemon=True)
+                warmed = threading.Event()
+                self._thread = threading.Thread(target=self._run, args=(warmed,), name="beem-engine", daemon=True)
                 self._thread.start()
+                warmed.wait()
+                if self._error is not None:
+                    raise RuntimeError(self._error)
+            else:
+                self._warm_up()
             self._warmed_up = True
         except Exception as error:
             self._error = f"{type(error).__name__}: {error}"
@@ -98,14 +103,24 @@ class InferenceEngine:
 
     # -- the worker -------------------------------------------------------------------------------------------
 
-    def _warm_up(self, bundle: LoadedBundle) -> None:
-        encoded = bundle.tokenizer(["warm up the engine"], return_tensors="pt")
-        with torch.inference_mode():
-            bundle.model.all_exit_logits(
-                encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
-            )
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """One forward through every layer and exit head, in the thread that will serve (torch's thread pools are
+        per thread), so the first client does not pay for lazy initialisation. Not counted in the metrics."""
+        assert self.bundle is not None
+        encoded = self.bundle.tokenizer(["warm up the engine"], return_tensors="pt")
+        self.bundle.model.all_exit_logits(
+            encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
+        )
 
-    def _run(self) -> None:
+    def _run(self, warmed: threading.Event) -> None:
+        try:
+            self._warm_up()
+        except Exception as error:
+            self._error = f"warm-up failed: {type(error).__name__}: {error}"
+            return
+        finally:
+            warmed.set()
         while (batch := self.scheduler.next_batch()) is not None:
             try:
                 self.run_batch(batch)
