@@ -25,8 +25,8 @@ evaluate: setup
 	$(BIN)/beem evaluate --bundle model_store/minilm-rt-sentiment --split test
 
 lint: setup
-	$(BIN)/ruff check beem service tests bench
-	$(BIN)/ruff format --check beem service tests bench
+	$(BIN)/ruff check beem service loadtest tests bench
+	$(BIN)/ruff format --check beem service loadtest tests bench
 
 typecheck: setup
 	$(BIN)/mypy

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from beem import cli as offline_cli
 from beem.bundle.manifest import BundleError
+from loadtest import cli as loadtest_cli
 
 SERVE_FLAGS = (
     ("--bundle", str, "bundle directory (default: the committed default bundle)"),
@@ -62,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     for flag, kind, help_text in SERVE_FLAGS:
         serve.add_argument(flag, type=kind, help=help_text)
     serve.set_defaults(handler=_serve)
+    loadtest_cli.add_command(commands)
     return root
 
 

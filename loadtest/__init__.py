@@ -1,0 +1,1 @@
+"""`beem loadtest`: drive a running server with open- or closed-loop load and compare exit policies."""
