@@ -1,6 +1,6 @@
 """Compare threshold-selection rules on the exit caches a `beem build` run leaves in its run directory.
 
-    python bench/compare_selection_rules.py runs/default [runs/paper ...]
+    python -m bench.compare_selection_rules runs/default [runs/paper ...]
 
 For each run and rule, every policy's threshold is chosen on the calibration cache and then applied to the test
 cache (never used to choose). Prints calibration and test accuracy, layer speed-up, and the paired difference to

@@ -1,6 +1,6 @@
 """Does the engine turn saved layers into saved time? Side-by-side ratios on one machine, in one run.
 
-    python bench/serve_benchmark.py [--bundle DIR] [--requests 300] [--duration 15] [--concurrency 16]
+    python -m bench.serve_benchmark [--bundle DIR] [--requests 300] [--duration 15] [--concurrency 16]
 
 1. In-process, batch 1, no HTTP, one thread: a plain transformers forward of the same weights (the encoder's own
    `forward` and the final exit head) against the engine's batch code at `full` depth and at BEEM-A, interleaved
@@ -17,10 +17,7 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +29,7 @@ from beem.bundle.manifest import resolve_bundle_dir
 from beem.data.examples import read_dataset
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import split_dataset
+from bench.server_process import ServerProcess
 from service.engine.batch_scheduler import BatchScheduler
 from service.engine.inference_engine import InferenceEngine
 from service.engine.work_item import WorkItem
@@ -85,30 +83,6 @@ def in_process(bundle_dir: Path, texts: list[str], rounds: int) -> dict[str, flo
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
-class Server:
-    def __init__(self, bundle: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
-
-
 async def sequential(url: str, texts: list[str], policy: str) -> list[float]:
     latencies = []
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -156,7 +130,7 @@ def main() -> None:
     layer_speedup = manifest["policies"]["beem-a"]["test"]["layer_speedup"]
 
     engine_ms = in_process(bundle_dir, texts[:100], args.rounds)
-    server = Server(bundle_dir)
+    server = ServerProcess([sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir)])
     try:
         batch1: dict[str, list[float]] = {"beem-a": [], "full": []}
         loaded: dict[str, list[dict[str, float]]] = {"beem-a": [], "full": []}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,28 +36,33 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.add_argument("--split", default="test", choices=[*SPLIT_NAMES, "all"], help="inputs from this split")
     parser.add_argument("--data", default=str(REPO_DATA_FILE), help="labelled .jsonl / GLUE .tsv file")
     parser.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, seconds")
+    parser.add_argument("--api-key", help="sent as `Authorization: Bearer <key>` (default: $BEEM_API_KEY)")
     parser.add_argument("--plot-dir", help="write latency_cdf.png (and rate_sweep.png) here")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(handler=run)
 
 
-def _server_info(url: str) -> dict[str, Any]:
+def _server_info(url: str, headers: dict[str, str] | None) -> dict[str, Any]:
     """The bundle's depth and data split, when the server says (a plain baseline server may not)."""
     try:
-        response = httpx.get(f"{url}/v1/models", timeout=10)
+        response = httpx.get(f"{url}/v1/models", timeout=10, headers=headers)
         return dict(response.json()["data"][0]) if response.status_code == 200 else {}
     except (httpx.HTTPError, ValueError, KeyError, IndexError):
         return {}
 
 
 def run(args: argparse.Namespace) -> int:
-    info = _server_info(args.url)
+    policies = tuple(name.strip() for name in args.policies.split(",") if name.strip())
+    if not policies:
+        raise ValueError("--policies names no policy")
+    api_key = args.api_key or os.environ.get("BEEM_API_KEY")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    info = _server_info(args.url, headers)
     provenance = info.get("data") or {}
     workload = text_workload(
         Path(args.data), args.split, int(provenance.get("split_seed", DEFAULT_SPLIT_SEED)),
         tuple(provenance.get("split_fractions", DEFAULT_FRACTIONS)),
     )  # fmt: skip
-    policies = tuple(name.strip() for name in args.policies.split(",") if name.strip())
     amount = {"duration_s": None, "requests": args.requests} if args.requests else {"duration_s": args.duration or 15.0}
     progress = sys.stderr.isatty() or not args.json
     output: dict[str, Any] = {"num_layers": info.get("num_layers")}
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         sweep: dict[str, list[dict[str, Any]]] = {policy: [] for policy in policies}
         for rate in (float(r) for r in args.rates.split(",")):
             plan = LoadPlan(policies, "open", rate=rate, rounds=args.rounds, timeout_s=args.timeout, **amount)
-            results = asyncio.run(run_plan(args.url, workload, plan, progress))
+            results = asyncio.run(run_plan(args.url, workload, plan, progress, headers))
             for policy, result in results.items():
                 sweep[policy].append({"rate": rate, **summarize(result)})
         output["mode"] = "open-sweep"
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             policies, mode, concurrency=args.concurrency or 16, rate=args.rate or 50.0, rounds=args.rounds,
             timeout_s=args.timeout, **amount,
         )  # fmt: skip
-        results = asyncio.run(run_plan(args.url, workload, plan, progress))
+        results = asyncio.run(run_plan(args.url, workload, plan, progress, headers))
         output["mode"] = mode
         output["policies"] = {policy: summarize(result) for policy, result in results.items()}
         if plot_dir is not None:

@@ -36,7 +36,7 @@ class LoadPlan:
     mode: str  # "closed" or "open"
     concurrency: int = 16  # closed loop: clients
     rate: float = 50.0  # open loop: arrivals per second
-    duration_s: float | None = 15.0  # per policy, over all rounds; or
+    duration_s: float | None = None  # per policy, over all rounds; or
     requests: int | None = None  # per policy, over all rounds
     rounds: int = 3
     timeout_s: float = 30.0
@@ -60,12 +60,12 @@ class PhaseResult:
 async def _send(
     client: httpx.AsyncClient, workload: Workload, index: int, policy: str, timeout_s: float
 ) -> RequestRecord:
-    text, label = workload.item(index)
+    inputs, label = workload.item(index)
+    # truncate: a load test measures serving, so an over-long text is cut rather than refused (and miscounted)
+    body = {"inputs": inputs, "policy": {"name": policy}, "truncate": True}
     started = time.perf_counter()
     try:
-        response = await client.post(
-            CLASSIFY_ROUTE, json={"inputs": text, "policy": {"name": policy}}, timeout=timeout_s
-        )
+        response = await client.post(CLASSIFY_ROUTE, json=body, timeout=timeout_s)
     except httpx.HTTPError:
         return RequestRecord(policy, time.perf_counter() - started, 0)
     latency = time.perf_counter() - started
@@ -76,18 +76,20 @@ async def _send(
     return RequestRecord(policy, latency, 200, int(result["exit_layer"]), correct)
 
 
-def _budget(plan: LoadPlan) -> tuple[float, int]:
-    """Per phase (one policy, one round): a time limit and a request limit; one of them is unbounded."""
+def _budget(plan: LoadPlan, round_number: int) -> tuple[float, int]:
+    """Per phase (one policy, one round): a time limit and a request limit; one of them is unbounded. A request
+    count is spread over the rounds exactly (10 over 3 rounds: 4, 3, 3)."""
     if plan.duration_s is not None:
         return plan.duration_s / plan.rounds, 1 << 62
     assert plan.requests is not None
-    return float("inf"), max(1, plan.requests // plan.rounds)
+    return float("inf"), plan.requests // plan.rounds + (1 if round_number < plan.requests % plan.rounds else 0)
 
 
 async def _closed_phase(
-    client: httpx.AsyncClient, workload: Workload, policy: str, plan: LoadPlan, first_index: int, bar: tqdm
+    client: httpx.AsyncClient, workload: Workload, policy: str, plan: LoadPlan, round_number: int, bar: tqdm
 ) -> PhaseResult:
-    seconds, count = _budget(plan)
+    seconds, count = _budget(plan, round_number)
+    first_index = round_number * ROUND_STRIDE
     result = PhaseResult()
     started = time.perf_counter()
     stop_at = started + seconds
@@ -111,11 +113,12 @@ async def _open_phase(
     workload: Workload,
     policy: str,
     plan: LoadPlan,
-    first_index: int,
+    round_number: int,
     bar: tqdm,
     rng: random.Random,
 ) -> PhaseResult:
-    seconds, count = _budget(plan)
+    seconds, count = _budget(plan, round_number)
+    first_index = round_number * ROUND_STRIDE
     result = PhaseResult()
     started = time.perf_counter()
     next_arrival = started
@@ -140,7 +143,13 @@ async def _open_phase(
     return result
 
 
-async def run_plan(url: str, workload: Workload, plan: LoadPlan, show_progress: bool = True) -> dict[str, PhaseResult]:
+async def run_plan(
+    url: str,
+    workload: Workload,
+    plan: LoadPlan,
+    show_progress: bool = True,
+    headers: dict[str, str] | None = None,
+) -> dict[str, PhaseResult]:
     """Run every policy's phases, interleaved by round; returns the merged records per policy."""
     merged = {policy: PhaseResult() for policy in plan.policies}
     rng = random.Random(plan.seed)
@@ -149,17 +158,16 @@ async def run_plan(url: str, workload: Workload, plan: LoadPlan, show_progress: 
     )
     description = f"{plan.mode} loop " + (f"c={plan.concurrency}" if plan.mode == "closed" else f"{plan.rate:g}/s")
     with tqdm(desc=description, unit="req", disable=not show_progress, leave=False) as bar:
-        async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=url, limits=limits, headers=headers) as client:
             for round_number in range(plan.rounds):
                 order = plan.policies if round_number % 2 == 0 else tuple(reversed(plan.policies))
                 # Within a round every policy starts at the same text: they are compared on the same inputs.
-                first_index = round_number * ROUND_STRIDE
                 for policy in order:
                     bar.set_postfix(policy=policy, round=round_number + 1)
                     if plan.mode == "closed":
-                        phase = await _closed_phase(client, workload, policy, plan, first_index, bar)
+                        phase = await _closed_phase(client, workload, policy, plan, round_number, bar)
                     else:
-                        phase = await _open_phase(client, workload, policy, plan, first_index, bar, rng)
+                        phase = await _open_phase(client, workload, policy, plan, round_number, bar, rng)
                     merged[policy].records.extend(phase.records)
                     merged[policy].elapsed_s += phase.elapsed_s
     return merged

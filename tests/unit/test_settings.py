@@ -30,7 +30,7 @@ def test_environment_then_explicit_values(monkeypatch: pytest.MonkeyPatch) -> No
         ("request_timeout_s", 0),
         ("bundle", "/no/such/bundle"),
         ("unknown_setting", 1),
-    ],  # fmt: skip
+    ],
 )
 def test_invalid_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field if field != "bundle" else "does not exist"):

@@ -1,0 +1,122 @@
+"""The standard comparison: our server under BEEM-A, BEEM-C, patience, max-prob and full depth, plus the same
+weights in a plain transformers forward behind a minimal FastAPI endpoint, at batch 1 and under load.
+
+    python -m bench.standard_comparison [--bundle DIR] [--out bench/results] [--quick]
+
+Runs `beem serve` and `bench.plain_forward_server` as child processes on free ports (one at a time under load),
+drives both with the `beem loadtest` machinery, and writes `<out>/standard_comparison_<device>.json` and `.md`:
+1. batch 1: closed loop with one client;
+2. closed loop with 16 clients (throughput and p95);
+3. open-loop rate sweep: the highest offered rate each policy sustains with p95 under 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from beem.bundle.manifest import resolve_bundle_dir
+from bench.server_process import ServerProcess
+from loadtest.load_report import plot_latency_cdf, plot_rate_sweep, summarize
+from loadtest.load_runner import LoadPlan, PhaseResult, run_plan
+from loadtest.workload import text_workload
+from service.settings import DEFAULT_BUNDLE
+
+POLICIES = ("beem-a", "beem-c", "patience", "max-prob", "full")
+BASELINE = "plain-forward"
+SUSTAINED_P95_MS = 100.0
+
+
+def measure(url: str, plan: LoadPlan) -> dict[str, PhaseResult]:
+    return asyncio.run(run_plan(url, text_workload(), plan, show_progress=sys.stderr.isatty()))
+
+
+def sustained_rate(points: list[dict[str, Any]]) -> float | None:
+    good = [p["rate"] for p in points if p["p95_ms"] is not None and p["p95_ms"] < SUSTAINED_P95_MS
+            and p["errors"] == 0 and p["shed"] == 0]  # fmt: skip
+    return max(good, default=None)
+
+
+def run(bundle_dir: Path, out: Path, quick: bool) -> dict[str, Any]:
+    batch1_requests, load_seconds, sweep_seconds = (60, 4.0, 3.0) if quick else (300, 15.0, 8.0)
+    rates = (40.0, 80.0, 120.0) if quick else (40.0, 60.0, 80.0, 100.0, 120.0, 140.0, 160.0)
+    serve = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir)]
+    plain = [sys.executable, "-m", "bench.plain_forward_server", "--bundle", str(bundle_dir)]
+    results: dict[str, Any] = {"batch1": {}, "closed_c16": {}, "sweep": {}}
+    cdf: dict[str, PhaseResult] = {}
+    for label, command, policies in ((BASELINE, plain, (BASELINE,)), ("beem-serve", serve, POLICIES)):
+        with ServerProcess(command) as server:
+            batch1 = measure(server.url, LoadPlan(policies, "closed", concurrency=1, requests=batch1_requests))
+            loaded = measure(server.url, LoadPlan(policies, "closed", concurrency=16, duration_s=load_seconds))
+            for policy in policies:
+                results["batch1"][policy] = summarize(batch1[policy])
+                results["closed_c16"][policy] = summarize(loaded[policy])
+                cdf[policy] = loaded[policy]
+                results["sweep"][policy] = []
+            for rate in rates:
+                swept = measure(server.url, LoadPlan(policies, "open", rate=rate, duration_s=sweep_seconds))
+                for policy in policies:
+                    results["sweep"][policy].append({"rate": rate, **summarize(swept[policy])})
+        print(f"{label}: done", file=sys.stderr)
+    results["sustained_rate_p95_under_100ms"] = {p: sustained_rate(points) for p, points in results["sweep"].items()}
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results["setup"] = {
+        "bundle": f"{manifest['name']}:{manifest['version']}",
+        "layer_speedup_test": {p: manifest["policies"][p]["test"]["layer_speedup"] for p in POLICIES},
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        + (torch.cuda.get_device_name(0) if device == "cuda" else "no GPU"),
+        "date": time.strftime("%Y-%m-%d"),
+        "quick": quick,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"standard_comparison_{device}.json").write_text(json.dumps(results, indent=1))
+    (out / f"standard_comparison_{device}.md").write_text(markdown(results))
+    plot_latency_cdf(cdf, out / f"latency_cdf_c16_{device}.png", "latency CDF, closed loop, 16 clients")
+    plot_rate_sweep(results["sweep"], out / f"rate_sweep_{device}.png", "open loop: throughput against p95")
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    setup = results["setup"]
+    full_b1, full_c16 = results["batch1"]["full"], results["closed_c16"]["full"]
+    lines = [
+        f"Bundle {setup['bundle']}, {setup['machine']}, {setup['date']}.",
+        "",
+        "| policy | layer speed-up | batch-1 p50 ms | latency speed-up | c16 req/s | throughput ratio | c16 p95 ms "
+        "| sustained rate (p95 < 100 ms) | accuracy % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for policy in (*POLICIES, BASELINE):
+        b1, c16 = results["batch1"][policy], results["closed_c16"][policy]
+        layer = setup["layer_speedup_test"].get(policy, 1.0)
+        accuracy = "-" if c16["accuracy"] is None else f"{c16['accuracy'] * 100:.2f}"
+        rate = results["sustained_rate_p95_under_100ms"][policy]
+        lines.append(
+            f"| {policy} | {layer:.2f}x | {b1['p50_ms']:.2f} | {full_b1['p50_ms'] / b1['p50_ms']:.2f}x | "
+            f"{c16['throughput_rps']:.1f} | {c16['throughput_rps'] / full_c16['throughput_rps']:.2f}x | "
+            f"{c16['p95_ms']:.1f} | {'-' if rate is None else f'{rate:g}/s'} | {accuracy} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    arguments = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    arguments.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
+    arguments.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    arguments.add_argument("--quick", action="store_true", help="short phases: a smoke run, not numbers to quote")
+    args = arguments.parse_args()
+    results = run(resolve_bundle_dir(Path(args.bundle)), Path(args.out), args.quick)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
