@@ -3,8 +3,9 @@ weights in a plain transformers forward behind a minimal FastAPI endpoint, at ba
 
     python -m bench.standard_comparison [--bundle DIR] [--out bench/results] [--quick]
 
-Runs `beem serve` and `bench.plain_forward_server` as child processes on free ports (one at a time under load),
-drives both with the `beem loadtest` machinery, and writes `<out>/standard_comparison_<device>.json` and `.md`:
+Runs `beem serve` and `bench.plain_forward_server` as child processes on free ports, drives them in alternating
+rounds with the `beem loadtest` machinery (only one is under load at a time), and writes
+`<out>/standard_comparison_<device>.json` and `.md`:
 1. batch 1: closed loop with one client;
 2. closed loop with 16 clients (throughput and p95);
 3. open-loop rate sweep: the highest offered rate each policy sustains with p95 under 100 ms.
@@ -35,8 +36,19 @@ BASELINE = "plain-forward"
 SUSTAINED_P95_MS = 100.0
 
 
-def measure(url: str, plan: LoadPlan) -> dict[str, PhaseResult]:
-    return asyncio.run(run_plan(url, text_workload(), plan, show_progress=sys.stderr.isatty()))
+def measure(targets: list[tuple[str, tuple[str, ...]]], make_plan: Any, rounds: int) -> dict[str, PhaseResult]:
+    """Both servers, round by round in alternating order, so machine drift hits the baseline and ours alike."""
+    merged: dict[str, PhaseResult] = {}
+    workload = text_workload()
+    for round_number in range(rounds):
+        order = targets if round_number % 2 == 0 else targets[::-1]
+        for url, policies in order:
+            plan = make_plan(policies)
+            for policy, result in asyncio.run(run_plan(url, workload, plan, sys.stderr.isatty())).items():
+                into = merged.setdefault(policy, PhaseResult())
+                into.records.extend(result.records)
+                into.elapsed_s += result.elapsed_s
+    return merged
 
 
 def sustained_rate(points: list[dict[str, Any]]) -> float | None:
@@ -46,26 +58,39 @@ def sustained_rate(points: list[dict[str, Any]]) -> float | None:
 
 
 def run(bundle_dir: Path, out: Path, quick: bool) -> dict[str, Any]:
-    batch1_requests, load_seconds, sweep_seconds = (60, 4.0, 3.0) if quick else (300, 15.0, 8.0)
+    # per policy and server, over all rounds
+    batch1_requests, load_seconds, sweep_seconds = (60, 4.0, 3.0) if quick else (300, 12.0, 8.0)
     rates = (40.0, 80.0, 120.0) if quick else (40.0, 60.0, 80.0, 100.0, 120.0, 140.0, 160.0)
     serve = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir)]
     plain = [sys.executable, "-m", "bench.plain_forward_server", "--bundle", str(bundle_dir)]
-    results: dict[str, Any] = {"batch1": {}, "closed_c16": {}, "sweep": {}}
-    cdf: dict[str, PhaseResult] = {}
-    for label, command, policies in ((BASELINE, plain, (BASELINE,)), ("beem-serve", serve, POLICIES)):
-        with ServerProcess(command) as server:
-            batch1 = measure(server.url, LoadPlan(policies, "closed", concurrency=1, requests=batch1_requests))
-            loaded = measure(server.url, LoadPlan(policies, "closed", concurrency=16, duration_s=load_seconds))
-            for policy in policies:
-                results["batch1"][policy] = summarize(batch1[policy])
-                results["closed_c16"][policy] = summarize(loaded[policy])
-                cdf[policy] = loaded[policy]
-                results["sweep"][policy] = []
-            for rate in rates:
-                swept = measure(server.url, LoadPlan(policies, "open", rate=rate, duration_s=sweep_seconds))
-                for policy in policies:
-                    results["sweep"][policy].append({"rate": rate, **summarize(swept[policy])})
-        print(f"{label}: done", file=sys.stderr)
+    rounds = 3
+    results: dict[str, Any] = {
+        "batch1": {},
+        "closed_c16": {},
+        "sweep": {policy: [] for policy in (*POLICIES, BASELINE)},
+    }
+    # Both servers stay up; only the one under load works, the other idles.
+    with ServerProcess(plain) as baseline, ServerProcess(serve) as ours:
+        targets = [(baseline.url, (BASELINE,)), (ours.url, POLICIES)]
+        # Each outer round is one LoadPlan round: the totals above are split evenly over `rounds`.
+        batch1 = measure(
+            targets,
+            lambda p: LoadPlan(p, "closed", concurrency=1, requests=batch1_requests // rounds, rounds=1),
+            rounds,
+        )
+        loaded = measure(
+            targets, lambda p: LoadPlan(p, "closed", concurrency=16, duration_s=load_seconds / rounds, rounds=1), rounds
+        )
+        for rate in rates:
+            swept = measure(
+                targets, lambda p, r=rate: LoadPlan(p, "open", rate=r, duration_s=sweep_seconds, rounds=1), 1
+            )
+            for policy, result in swept.items():
+                results["sweep"][policy].append({"rate": rate, **summarize(result)})
+    for policy in (*POLICIES, BASELINE):
+        results["batch1"][policy] = summarize(batch1[policy])
+        results["closed_c16"][policy] = summarize(loaded[policy])
+    cdf = {policy: loaded[policy] for policy in ("beem-a", "full", BASELINE)}
     results["sustained_rate_p95_under_100ms"] = {p: sustained_rate(points) for p, points in results["sweep"].items()}
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -33,6 +33,7 @@ from service.schemas import PolicySpec
 from service.settings import ServerSettings
 
 DISCONNECT_POLL_S = 0.05
+INLINE_TOKENIZE_MAX_CHARS = 2000
 SPEC_FIELDS = ("alpha", "threshold", "patience", "layer")
 FIELDS_OF_POLICY = {
     "beem-a": ("alpha",), "beem-c": ("alpha",), "max-prob": ("threshold",), "entropy": ("threshold",),
@@ -129,7 +130,11 @@ class ClassificationService:
         self.check_rows(rows)
         if max_layers is not None and max_layers > bundle.num_layers:
             raise InputValidationError(f"max_layers is {max_layers}; the model has {bundle.num_layers} layers")
-        encoded = await asyncio.to_thread(self._tokenize, rows, truncate, truncation_side)
+        if sum(len(row.text) + len(row.pair or "") for row in rows) <= INLINE_TOKENIZE_MAX_CHARS:
+            # A few short texts tokenize in ~0.1 ms: cheaper on the loop than a thread hand-off (~0.4 ms).
+            encoded = self._tokenize(rows, truncate, truncation_side)
+        else:
+            encoded = await asyncio.to_thread(self._tokenize, rows, truncate, truncation_side)
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[RowOutcome]] = [loop.create_future() for _ in rows]
         deadline = time.monotonic() + self.settings.request_timeout_s

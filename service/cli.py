@@ -52,7 +52,10 @@ def _serve(args: argparse.Namespace) -> int:
     except BundleError as error:
         print(f"beem serve: cannot serve this bundle: {error}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=60)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level="info", access_log=settings.access_log,
+        timeout_graceful_shutdown=60,
+    )  # fmt: skip
     return 0
 
 

@@ -33,6 +33,7 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024)
     torch_threads: int | None = Field(None, ge=1)
     api_key: SecretStr | None = None
+    access_log: bool = Field(False, description="log every request (uvicorn's access log); metrics count them anyway")
 
     @model_validator(mode="after")
     def _bundle_exists(self) -> ServerSettings:

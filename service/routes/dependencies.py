@@ -1,4 +1,7 @@
-"""Per-request dependencies: the classification service on app.state, and the optional API key."""
+"""Per-request dependencies: the classification service on app.state, and the optional API key.
+
+Both are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread pool, a thread hand-off per
+request that cost more than the check itself."""
 
 from __future__ import annotations
 
@@ -11,12 +14,12 @@ from service.classification import ClassificationService
 from service.errors import UnauthorizedError
 
 
-def classification_service(request: Request) -> ClassificationService:
+async def classification_service(request: Request) -> ClassificationService:
     service: ClassificationService = request.app.state.classification
     return service
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """With an API key configured, accept `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
     expected = request.app.state.settings.api_key
     if expected is None:
