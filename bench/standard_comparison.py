@@ -57,10 +57,10 @@ def sustained_rate(points: list[dict[str, Any]]) -> float | None:
     return max(good, default=None)
 
 
-def run(bundle_dir: Path, out: Path, quick: bool) -> dict[str, Any]:
+def run(bundle_dir: Path, out: Path, quick: bool, rates_override: tuple[float, ...] | None = None) -> dict[str, Any]:
     # per policy and server, over all rounds
-    batch1_requests, load_seconds, sweep_seconds = (60, 4.0, 3.0) if quick else (300, 12.0, 8.0)
-    rates = (40.0, 80.0, 120.0) if quick else (40.0, 60.0, 80.0, 100.0, 120.0, 140.0, 160.0)
+    batch1_requests, load_seconds, sweep_seconds = (60, 4.0, 3.0) if quick else (300, 12.0, 6.0)
+    rates = rates_override or ((40.0, 80.0, 120.0) if quick else (40.0, 60.0, 80.0, 100.0, 120.0, 160.0))
     serve = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir)]
     plain = [sys.executable, "-m", "bench.plain_forward_server", "--bundle", str(bundle_dir)]
     rounds = 3
@@ -138,8 +138,10 @@ def main() -> None:
     arguments.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     arguments.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     arguments.add_argument("--quick", action="store_true", help="short phases: a smoke run, not numbers to quote")
+    arguments.add_argument("--rates", help="open-loop sweep rates, comma-separated (default 40, 60, 80, 100, 120, 160 per second)")
     args = arguments.parse_args()
-    results = run(resolve_bundle_dir(Path(args.bundle)), Path(args.out), args.quick)
+    rates = tuple(float(r) for r in args.rates.split(",")) if args.rates else None
+    results = run(resolve_bundle_dir(Path(args.bundle)), Path(args.out), args.quick, rates)
     print(markdown(results))
 
 
