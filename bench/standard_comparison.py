@@ -117,13 +117,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"Bundle {setup['bundle']}, {setup['machine']}, {setup['date']}.",
         "",
         "| policy | layer speed-up | batch-1 p50 ms | latency speed-up | c16 req/s | throughput ratio | c16 p95 ms "
-        "| sustained rate (p95 < 100 ms) | accuracy % |",
+        "| sustained rate (p95 < 100 ms) | accuracy % (batch-1 requests: same texts for all) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for policy in (*POLICIES, BASELINE):
         b1, c16 = results["batch1"][policy], results["closed_c16"][policy]
         layer = setup["layer_speedup_test"].get(policy, 1.0)
-        accuracy = "-" if c16["accuracy"] is None else f"{c16['accuracy'] * 100:.2f}"
+        # Under load each policy answers a different number of texts, so only batch-1 accuracies compare.
+        accuracy = "-" if b1["accuracy"] is None else f"{b1['accuracy'] * 100:.1f}"
         rate = results["sustained_rate_p95_under_100ms"][policy]
         lines.append(
             f"| {policy} | {layer:.2f}x | {b1['p50_ms']:.2f} | {full_b1['p50_ms'] / b1['p50_ms']:.2f}x | "
@@ -138,7 +139,9 @@ def main() -> None:
     arguments.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     arguments.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     arguments.add_argument("--quick", action="store_true", help="short phases: a smoke run, not numbers to quote")
-    arguments.add_argument("--rates", help="open-loop sweep rates, comma-separated (default 40, 60, 80, 100, 120, 160 per second)")
+    arguments.add_argument(
+        "--rates", help="open-loop sweep rates, comma-separated (default 40, 60, 80, 100, 120, 160 per second)"
+    )
     args = arguments.parse_args()
     rates = tuple(float(r) for r in args.rates.split(",")) if args.rates else None
     results = run(resolve_bundle_dir(Path(args.bundle)), Path(args.out), args.quick, rates)
