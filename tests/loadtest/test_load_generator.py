@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from loadtest.load_report import percentile_ms, summarize
+from loadtest.load_report import format_table, percentile_ms, summarize
 from loadtest.load_runner import LoadPlan, PhaseResult, run_plan
 from loadtest.workload import text_workload
 from service.app import create_app
@@ -300,3 +300,18 @@ def test_a_request_count_is_sent_exactly_whatever_the_rounds(requests: int, roun
     with serve_in_thread(_stub_app(429)) as url:
         results = asyncio.run(run_plan(url, text_workload(tiny_data_file, "all"), plan, show_progress=False))
     assert summarize(results["full"])["requests"] == requests
+
+
+def test_the_comparison_table_lists_every_policy_side_by_side() -> None:
+    summaries = {
+        "beem-a": {"requests": 10, "ok": 9, "p50_ms": 8.0, "p95_ms": 12.5, "p99_ms": 13.0, "throughput_rps": 120.0,
+                   "errors": 0, "shed": 1, "mean_exit_layer": 3.7, "accuracy": 0.851},
+        "full": {"requests": 10, "ok": 10, "p50_ms": 12.0, "p95_ms": 15.0, "p99_ms": 16.0, "throughput_rps": 90.0,
+                 "errors": 0, "shed": 0, "mean_exit_layer": 6.0, "accuracy": None},
+    }  # fmt: skip
+    lines = format_table(summaries, 6).splitlines()
+    assert lines[0].split() == ["policy", "requests", "ok", "p50", "ms", "p95", "ms", "p99", "ms", "req/s", "errors",
+                                "shed", "exit", "acc", "%"]  # fmt: skip
+    assert lines[1].split() == ["beem-a", "10", "9", "8.0", "12.5", "13.0", "120.0", "0", "1", "3.70", "85.10"]
+    assert lines[2].split()[-1] == "-"  # no labels, no accuracy
+    assert lines[-1] == "(model depth 6 layers)"
