@@ -16,7 +16,7 @@ from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, SPLIT_NAMES
 from loadtest.load_report import format_table, plot_latency_cdf, plot_rate_sweep, summarize
 from loadtest.load_runner import LoadPlan, run_plan
-from loadtest.workload import text_workload
+from loadtest.workload import image_workload, text_workload
 
 SUSTAINED_P95_MS = 100.0
 
@@ -35,6 +35,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--split", default="test", choices=[*SPLIT_NAMES, "all"], help="inputs from this split")
     parser.add_argument("--data", default=str(REPO_DATA_FILE), help="labelled .jsonl / GLUE .tsv file")
+    parser.add_argument("--images", help="a folder of PNG / JPEG images: load-test /v1/caption instead")
     parser.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, seconds")
     parser.add_argument("--api-key", help="sent as `Authorization: Bearer <key>` (default: $BEEM_API_KEY)")
     parser.add_argument("--plot-dir", help="write latency_cdf.png (and rate_sweep.png) here")
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     info = _server_info(args.url, headers)
     provenance = info.get("data") or {}
-    workload = text_workload(
+    workload = image_workload(Path(args.images)) if args.images else text_workload(
         Path(args.data), args.split, int(provenance.get("split_seed", DEFAULT_SPLIT_SEED)),
         tuple(provenance.get("split_fractions", DEFAULT_FRACTIONS)),
     )  # fmt: skip

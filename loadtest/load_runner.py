@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from loadtest.workload import Workload
 
-CLASSIFY_ROUTE = "/v1/classify"
 ROUND_STRIDE = 997  # where each round starts in the workload (a prime, so rounds see different texts)
 
 
@@ -26,7 +25,7 @@ class RequestRecord:
     policy: str
     latency_s: float
     status: int  # HTTP status, or 0 when the request never got one (connection error, client timeout)
-    exit_layer: int | None = None
+    exit_layer: float | None = None  # classification: the exit layer; captioning: the caption's mean
     correct: bool | None = None
 
 
@@ -60,18 +59,19 @@ class PhaseResult:
 async def _send(
     client: httpx.AsyncClient, workload: Workload, index: int, policy: str, timeout_s: float
 ) -> RequestRecord:
-    inputs, label = workload.item(index)
-    # truncate: a load test measures serving, so an over-long text is cut rather than refused (and miscounted)
-    body = {"inputs": inputs, "policy": {"name": policy}, "truncate": True}
+    body, label = workload.request(index, policy)
     started = time.perf_counter()
     try:
-        response = await client.post(CLASSIFY_ROUTE, json=body, timeout=timeout_s)
+        response = await client.post(workload.route, json=body, timeout=timeout_s)
     except httpx.HTTPError:
         return RequestRecord(policy, time.perf_counter() - started, 0)
     latency = time.perf_counter() - started
     if response.status_code != 200:
         return RequestRecord(policy, latency, response.status_code)
-    result = response.json()["results"][0]
+    payload = response.json()
+    if workload.images:
+        return RequestRecord(policy, latency, 200, float(payload["mean_exit_layer"]))
+    result = payload["results"][0]
     correct = None if label is None else result["label"] == label
     return RequestRecord(policy, latency, 200, int(result["exit_layer"]), correct)
 

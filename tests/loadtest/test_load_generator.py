@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 
 from loadtest.load_report import format_table, percentile_ms, summarize
 from loadtest.load_runner import LoadPlan, PhaseResult, run_plan
-from loadtest.workload import text_workload
+from loadtest.workload import image_workload, text_workload
 from service.app import create_app
 from service.settings import ServerSettings
 
@@ -315,3 +315,39 @@ def test_the_comparison_table_lists_every_policy_side_by_side() -> None:
     assert lines[1].split() == ["beem-a", "10", "9", "8.0", "12.5", "13.0", "120.0", "0", "1", "3.70", "85.10"]
     assert lines[2].split()[-1] == "-"  # no labels, no accuracy
     assert lines[-1] == "(model depth 6 layers)"
+
+
+def _caption_stub(received: list[dict[str, Any]]) -> FastAPI:
+    """Stands in for issue 5's POST /v1/caption: base64 image and policy in, caption and exit depths out."""
+    app = FastAPI()
+
+    @app.post("/v1/caption")
+    async def caption(body: dict[str, Any]) -> dict[str, Any]:
+        received.append(body)
+        return {"caption": "a shirt on the left", "token_exit_layers": [2, 3, 4], "mean_exit_layer": 3.0}
+
+    return app
+
+
+def test_an_image_folder_is_load_tested_against_the_caption_route(tmp_path: Path) -> None:
+    import base64
+
+    import numpy as np
+    from matplotlib import pyplot
+
+    for index in range(3):
+        pyplot.imsave(tmp_path / f"scene_{index}.png", np.full((8, 8, 3), index / 3))
+    (tmp_path / "notes.txt").write_text("not an image")
+    workload = image_workload(tmp_path)
+    assert len(workload.images) == 3 and workload.route == "/v1/caption"
+    received: list[dict[str, Any]] = []
+    plan = LoadPlan(POLICIES, "closed", concurrency=2, requests=6, rounds=2)
+    with serve_in_thread(_caption_stub(received)) as url:
+        results = asyncio.run(run_plan(url, workload, plan, show_progress=False))
+    for policy, result in results.items():
+        summary = summarize(result)
+        assert summary["ok"] == 6 and summary["mean_exit_layer"] == 3.0 and summary["accuracy"] is None, policy
+    assert {body["policy"]["name"] for body in received} == set(POLICIES)
+    assert base64.b64decode(received[0]["image"]).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match=r"no \.png"):
+        image_workload(tmp_path / "empty-or-missing")
