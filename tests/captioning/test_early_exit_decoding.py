@@ -1,0 +1,77 @@
+"""Per-token early exit with a KV cache and state copying, on a tiny seeded decoder (issue 5's core)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from beem.captioning.early_exit_decoding import decode_greedy, reference_decode
+from beem.captioning.multi_exit_decoder import DecoderSpec, LayerCache, MultiExitDecoder
+from beem.policies.exit_policies import BeemPolicy, FullDepthPolicy, MaxProbPolicy, beem_c_weights
+
+SPEC = DecoderSpec(vocab_size=24, num_layers=4, hidden_size=32, num_heads=4, ffn_size=64, max_length=16,
+                   image_feature_size=12, dropout=0.0)  # fmt: skip
+START, END = 1, 2
+
+
+def _decoder(seed: int) -> MultiExitDecoder:
+    torch.manual_seed(seed)
+    decoder = MultiExitDecoder(SPEC).double().eval()
+    with torch.no_grad():  # later exits sharper, as in a trained model, so tokens leave at different layers
+        for norm, sharpness in zip(decoder.exit_norms, (0.05, 0.1, 0.2, 0.4), strict=True):
+            norm.weight.mul_(sharpness)
+    return decoder
+
+
+def _image(seed: int) -> torch.Tensor:
+    return torch.randn(1, 5, SPEC.image_feature_size, generator=torch.Generator().manual_seed(seed)).double()
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    "policy",
+    [MaxProbPolicy(0.1), MaxProbPolicy(0.3), BeemPolicy("beem-c", beem_c_weights(4), 0.3), FullDepthPolicy()],
+    ids=["max-prob-0.1", "max-prob-0.3", "beem-c", "full"],
+)
+def test_cached_decoding_with_state_copying_equals_the_uncached_reference(seed: int, policy: object) -> None:
+    decoder, image = _decoder(seed), _image(seed)
+    cached = decode_greedy(decoder, image, policy, START, END, max_new_tokens=12)  # type: ignore[arg-type]
+    reference = reference_decode(decoder, image, policy, START, END, max_new_tokens=12)  # type: ignore[arg-type]
+    assert cached.tokens == reference.tokens
+    assert cached.exit_layers == reference.exit_layers
+    assert all(1 <= layer <= SPEC.num_layers for layer in cached.exit_layers)
+
+
+def test_some_tokens_really_leave_early() -> None:
+    """Guards the test above against passing vacuously: the policies do exit at different layers."""
+    layers = set()
+    for seed in range(6):
+        layers |= set(decode_greedy(_decoder(seed), _image(seed), MaxProbPolicy(0.3), START, END, 12).exit_layers)
+    assert len(layers) >= 2 and min(layers) < SPEC.num_layers
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_infinite_alpha_equals_full_depth(seed: int) -> None:
+    decoder, image = _decoder(seed), _image(seed)
+    never = BeemPolicy("beem-a", (0.9,) * SPEC.num_layers, math.inf)
+    beem = decode_greedy(decoder, image, never, START, END, max_new_tokens=12)
+    full = decode_greedy(decoder, image, FullDepthPolicy(), START, END, max_new_tokens=12)
+    assert beem.tokens == full.tokens
+    assert beem.exit_layers == full.exit_layers == [SPEC.num_layers] * len(full.tokens)
+
+
+def test_teacher_forced_exits_match_the_cached_step_by_step_run() -> None:
+    """Training's one-pass forward (every exit, causal) and the decoder's cached path compute the same logits."""
+    decoder, image = _decoder(0), _image(0)
+    tokens = torch.tensor([[START, 5, 9, 3, 7]])
+    all_exits = decoder.forward_all_exits(tokens, image)  # (L, 1, T, V)
+    image_kv = decoder.image_keys_values(image)
+    caches = [LayerCache() for _ in range(SPEC.num_layers)]
+    with torch.no_grad():
+        for position in range(tokens.shape[1]):
+            hidden = decoder.embed_tokens(tokens[:, position : position + 1], position)
+            for index in range(SPEC.num_layers):
+                hidden = decoder.run_layer(index, hidden, caches[index], image_kv[index])
+                torch.testing.assert_close(decoder.exit_logits(index, hidden)[0, 0], all_exits[index, 0, position])
