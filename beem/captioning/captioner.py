@@ -1,0 +1,49 @@
+"""The multi-exit captioner: image encoder -> (B, P, C) feature grid -> multi-exit decoder.
+
+The encoder is EfficientNet-Lite0 (pretrained, frozen by default: its 7x7x1280 grid is the decoder's memory) or
+any module with a `forward_features` giving (B, C, H, W). Images arrive as (B, 3, 224, 224) normalised with
+mean = std = 0.5, as the pretrained weights expect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from beem.captioning.multi_exit_decoder import MultiExitDecoder
+
+IMAGE_SIZE = 224
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image -> (3, 224, 224) float tensor in [-1, 1]."""
+    resized = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+
+
+class MultiExitCaptioner(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: MultiExitDecoder, freeze_encoder: bool = True) -> None:
+        super().__init__()
+        self.encoder: Any = encoder  # any module with `forward_features` (a dynamic attribute for mypy)
+        self.decoder = decoder
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 224, 224) -> (B, P, C): the encoder's feature grid, one memory slot per cell."""
+        if self.freeze_encoder:
+            self.encoder.eval()  # frozen means frozen BatchNorm statistics too
+            with torch.no_grad():
+                grid = self.encoder.forward_features(images)
+        else:
+            grid = self.encoder.forward_features(images)
+        return grid.flatten(2).transpose(1, 2)
+
+    def all_exit_logits(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: (B, 3, H, W) images, (B, T) input tokens -> (L, B, T, vocab)."""
+        return self.decoder.forward_all_exits(tokens, self.image_features(images))
