@@ -9,6 +9,7 @@ must agree with it token for token (the test of the cache and of the state copyi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,13 +29,83 @@ class DecodedCaption:
         return sum(self.exit_layers) / len(self.exit_layers) if self.exit_layers else 0.0
 
 
-def _observe(logits: torch.Tensor) -> ExitObservation:
-    """(vocab,) logits of the newest position -> what the policy sees."""
-    label, confidence, entropy = exit_summaries(logits)
-    return ExitObservation(int(label), float(confidence), float(entropy))
-
-
 @torch.inference_mode()
+def decode_batch(
+    decoder: MultiExitDecoder,
+    image_features: torch.Tensor,  # (B, P, image_feature_size)
+    policies: Sequence[ExitPolicy],  # one per row: rows of a batch may use different policies
+    start_token: int,
+    end_token: int,
+    max_new_tokens: int,
+    abandoned: Callable[[int], bool] | None = None,  # row -> stop spending compute on it (its client left)
+    on_finished: Callable[[int, DecodedCaption | None], None] | None = None,  # called as soon as a row is done
+) -> list[DecodedCaption | None]:
+    """Greedy decoding of a batch, every row with its own per-token early exit.
+
+    All rows advance one position per step, so every layer's cache holds the same number of positions for all
+    rows. Within a step a row leaves the layer walk when its policy says so; at the following layers it only
+    contributes keys and values computed from its exit state (state copying), and attention runs for the rows
+    still walking. A row is finished at the end token or the length limit and leaves the batch at once, so its
+    answer never waits for longer captions. Abandoned rows leave too and get None."""
+    num_rows, num_layers = image_features.shape[0], decoder.num_layers
+    results: list[DecodedCaption | None] = [None] * num_rows
+    rows = list(range(num_rows))  # original index of each row still decoding
+    tokens: list[list[int]] = [[] for _ in range(num_rows)]
+    exit_layers: list[list[int]] = [[] for _ in range(num_rows)]
+    image_kv = decoder.image_keys_values(image_features)  # per layer: (R, heads, P, head_dim) each
+    caches = [LayerCache() for _ in range(num_layers)]
+    device = image_features.device
+    newest = torch.full((num_rows, 1), start_token, dtype=torch.long, device=device)  # (R, 1)
+    for position in range(min(max_new_tokens, decoder.spec.max_length)):
+        inputs = decoder.embed_tokens(newest, position)  # (R, 1, H): each row's input to the next layer
+        states = [PolicyState() for _ in rows]
+        labels = [-1] * len(rows)
+        running = list(range(len(rows)))  # positions (in `rows`) still walking the layers for this token
+        for index in range(num_layers):
+            selector = None if len(running) == len(rows) else torch.tensor(running, device=device)
+            outputs = decoder.step_layer(index, inputs, selector, caches[index], image_kv[index])  # (A, 1, H)
+            # An exited row's output is its exit state: the input every later layer copies its keys from.
+            inputs = outputs if selector is None else inputs.index_copy(0, selector, outputs)
+            observed = exit_summaries(decoder.exit_logits(index, outputs)[:, -1])  # 3 x (A,)
+            still = []
+            for slot, label, confidence, entropy in zip(running, *(t.tolist() for t in observed), strict=True):
+                row = rows[slot]
+                decision = policies[row].step(states[slot], ExitObservation(label, confidence, entropy), num_layers)
+                states[slot], labels[slot] = decision.state, label
+                if not decision.exit_now:
+                    still.append(slot)
+            running = still
+            if not running:
+                decoder.copy_state_to_skipped_layers(index, inputs, caches)
+                break
+        keep = []
+        for slot, row in enumerate(rows):
+            tokens[row].append(labels[slot])
+            exit_layers[row].append(states[slot].layers_seen)
+            done = labels[slot] == end_token or len(tokens[row]) >= max_new_tokens
+            if done or (abandoned is not None and abandoned(row)):
+                results[row] = DecodedCaption(tokens[row], exit_layers[row]) if done else None
+                if on_finished is not None:
+                    on_finished(row, results[row])
+            else:
+                keep.append(slot)
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            selector = torch.tensor(keep, device=device)
+            for cache in caches:
+                cache.select_rows(selector)
+            image_kv = [(keys[selector], values[selector]) for keys, values in image_kv]
+            rows = [rows[slot] for slot in keep]
+        newest = torch.tensor([[labels[slot]] for slot in keep], dtype=torch.long, device=device)
+    for row in rows:  # the decoder's own length limit ended the captions still running
+        if results[row] is None and not (abandoned is not None and abandoned(row)):
+            results[row] = DecodedCaption(tokens[row], exit_layers[row])
+            if on_finished is not None:
+                on_finished(row, results[row])
+    return results
+
+
 def decode_greedy(
     decoder: MultiExitDecoder,
     image_features: torch.Tensor,  # (1, P, image_feature_size)
@@ -43,28 +114,16 @@ def decode_greedy(
     end_token: int,
     max_new_tokens: int,
 ) -> DecodedCaption:
-    image_kv = decoder.image_keys_values(image_features)
-    caches = [LayerCache() for _ in range(decoder.num_layers)]
-    token = start_token
-    tokens: list[int] = []
-    exit_layers: list[int] = []
-    for position in range(min(max_new_tokens, decoder.spec.max_length)):
-        hidden = decoder.embed_tokens(torch.tensor([[token]], device=image_features.device), position)  # (1, 1, H)
-        state = PolicyState()
-        for index in range(decoder.num_layers):
-            hidden = decoder.run_layer(index, hidden, caches[index], image_kv[index])
-            observation = _observe(decoder.exit_logits(index, hidden)[0, -1])
-            decision = policy.step(state, observation, decoder.num_layers)
-            state = decision.state
-            if decision.exit_now:
-                decoder.copy_state_to_skipped_layers(index, hidden, caches)
-                break
-        token = observation.label
-        tokens.append(token)
-        exit_layers.append(state.layers_seen)
-        if token == end_token:
-            break
-    return DecodedCaption(tokens, exit_layers)
+    """One image: `decode_batch` with a single row."""
+    decoded = decode_batch(decoder, image_features, [policy], start_token, end_token, max_new_tokens)[0]
+    assert decoded is not None
+    return decoded
+
+
+def _observe(logits: torch.Tensor) -> ExitObservation:
+    """(vocab,) logits of the newest position -> what the policy sees."""
+    label, confidence, entropy = exit_summaries(logits)
+    return ExitObservation(int(label), float(confidence), float(entropy))
 
 
 @torch.inference_mode()

@@ -51,6 +51,11 @@ class LayerCache:
     def length(self) -> int:
         return 0 if self.keys is None else int(self.keys.shape[2])
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (finished captions leave the batch)."""
+        if self.keys is not None and self.values is not None:
+            self.keys, self.values = self.keys[rows], self.values[rows]
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, spec: DecoderSpec) -> None:
@@ -100,12 +105,40 @@ class DecoderLayer(nn.Module):
         causal: bool,
     ) -> torch.Tensor:
         keys, values = cache.append(*self.key_value(hidden))
+        # New positions attend to every cached position and causally among themselves (one new position sees all).
+        new = hidden.shape[1]
+        mask = _causal_mask(new, cache.length, hidden.device) if causal and new > 1 else None
+        return self._attend(hidden, keys, values, image_kv, mask)
+
+    def step_rows(
+        self,
+        inputs: torch.Tensor,  # (B, 1, H): every row's input to this layer for the newest position
+        running: torch.Tensor | None,  # (A,) rows that still walk the layers; None = all of them
+        cache: LayerCache,
+        image_kv: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """One decoding step for a batch where some rows already exited at an earlier layer for this token.
+
+        Keys and values are appended for every row, an exited row's from its frozen exit state (the state copying
+        of `MultiExitDecoder.copy_state_to_skipped_layers`); attention and the feed-forward run only for the
+        running rows. Returns their outputs, (A, 1, H)."""
+        keys, values = cache.append(*self.key_value(inputs))
+        if running is None:
+            return self._attend(inputs, keys, values, image_kv, None)
+        image_keys, image_values = image_kv
+        return self._attend(inputs[running], keys[running], values[running],
+                            (image_keys[running], image_values[running]), None)  # fmt: skip
+
+    def _attend(
+        self,
+        hidden: torch.Tensor,  # (B, T_new, H)
+        keys: torch.Tensor,  # (B, heads, T, head_dim), the new positions included
+        values: torch.Tensor,
+        image_kv: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,  # (T_new, T) bool, True = may attend
+    ) -> torch.Tensor:
         query = self._heads(self.query(self.self_norm(hidden)))
-        # New positions attend to every cached position and causally among themselves.
-        attention = functional.scaled_dot_product_attention(
-            query, keys, values, attn_mask=_causal_mask(hidden.shape[1], cache.length, hidden.device)
-            if causal else None,
-        )  # fmt: skip
+        attention = functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
         hidden = hidden + self.dropout(self.self_out(self._merge(attention)))
         cross_query = self._heads(self.cross_query(self.cross_norm(hidden)))
         cross = functional.scaled_dot_product_attention(cross_query, *image_kv)
@@ -152,6 +185,17 @@ class MultiExitDecoder(nn.Module):
         self, index: int, hidden: torch.Tensor, cache: LayerCache, image_kv: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         return self._layer(index)(hidden, cache, image_kv, causal=True)
+
+    def step_layer(
+        self,
+        index: int,
+        inputs: torch.Tensor,
+        running: torch.Tensor | None,
+        cache: LayerCache,
+        image_kv: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """Batched decoding step of layer `index` (see `DecoderLayer.step_rows`): (B, 1, H) -> (A, 1, H)."""
+        return self._layer(index).step_rows(inputs, running, cache, image_kv)
 
     def exit_logits(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         """Exit `index` (0-based): (B, T, H) -> (B, T, vocab), through the embedding-tied output projection."""

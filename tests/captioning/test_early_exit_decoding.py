@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from beem.captioning.early_exit_decoding import decode_greedy, reference_decode
+from beem.captioning.early_exit_decoding import decode_batch, decode_greedy, reference_decode
 from beem.captioning.multi_exit_decoder import DecoderSpec, LayerCache, MultiExitDecoder
 from beem.policies.exit_policies import BeemPolicy, FullDepthPolicy, MaxProbPolicy, beem_c_weights
 
@@ -19,7 +19,12 @@ START, END = 1, 2
 def _decoder(seed: int) -> MultiExitDecoder:
     torch.manual_seed(seed)
     decoder = MultiExitDecoder(SPEC).double().eval()
-    with torch.no_grad():  # later exits sharper, as in a trained model, so tokens leave at different layers
+    with torch.no_grad():
+        # Strong position and image signals, so the untrained decoder does not just repeat its input token
+        # (the tied output projection favours it): tokens then vary by step and by image.
+        decoder.position_embedding.weight.mul_(3)
+        decoder.image_projection.weight.mul_(4)
+        # Later exits sharper, as in a trained model, so tokens leave at different layers.
         for norm, sharpness in zip(decoder.exit_norms, (0.05, 0.1, 0.2, 0.4), strict=True):
             norm.weight.mul_(sharpness)
     return decoder
@@ -75,3 +80,52 @@ def test_teacher_forced_exits_match_the_cached_step_by_step_run() -> None:
             for index in range(SPEC.num_layers):
                 hidden = decoder.run_layer(index, hidden, caches[index], image_kv[index])
                 torch.testing.assert_close(decoder.exit_logits(index, hidden)[0, 0], all_exits[index, 0, position])
+
+
+MIXED_POLICIES = [MaxProbPolicy(0.1), MaxProbPolicy(0.3), BeemPolicy("beem-c", beem_c_weights(4), 0.3),
+                  FullDepthPolicy()]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_batch_with_mixed_policies_decodes_every_row_as_it_would_alone(seed: int) -> None:
+    """Rows leave layers (and the batch) at different times; each still gets exactly its single-image result."""
+    decoder = _decoder(seed)
+    images = torch.cat([_image(seed * 10 + row) for row in range(8)])  # (8, 5, C)
+    policies = [MIXED_POLICIES[row % len(MIXED_POLICIES)] for row in range(8)]
+    # An end token that row 0 produces at its fifth step, so rows stop at different steps.
+    unended = decode_batch(decoder, images, policies, START, -1, 12)[0]
+    assert unended is not None
+    end = unended.tokens[4]
+    finished_order: list[int] = []
+    batched = decode_batch(decoder, images, policies, START, end, 12,
+                           on_finished=lambda row, _: finished_order.append(row))  # fmt: skip
+    for row in range(8):
+        alone = decode_greedy(decoder, images[row : row + 1], policies[row], START, end, 12)
+        assert batched[row] == alone
+    assert sorted(finished_order) == list(range(8))
+    lengths = [len(caption.tokens) for caption in batched if caption is not None]
+    assert len(set(lengths)) > 1, "rows should finish at different steps for this test to mean something"
+
+
+def test_an_abandoned_row_leaves_the_batch_and_the_others_are_unchanged() -> None:
+    decoder = _decoder(1)
+    images = torch.cat([_image(row) for row in range(4)])
+    policies = [MaxProbPolicy(0.3)] * 4
+    full = decode_batch(decoder, images, policies, START, END, 12)
+    steps = {"count": 0}
+
+    def abandoned(row: int) -> bool:
+        steps["count"] += 1
+        return row == 2
+
+    partial = decode_batch(decoder, images, policies, START, END, 12, abandoned=abandoned)
+    assert partial[2] is None
+    assert [partial[row] for row in (0, 1, 3)] == [full[row] for row in (0, 1, 3)]
+    assert steps["count"] > 0
+
+
+def test_the_length_limit_ends_every_caption() -> None:
+    decoder = _decoder(2)
+    images = torch.cat([_image(row) for row in range(3)])
+    decoded = decode_batch(decoder, images, [FullDepthPolicy()] * 3, START, end_token=-1, max_new_tokens=5)
+    assert all(caption is not None and len(caption.tokens) == 5 for caption in decoded)
