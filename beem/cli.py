@@ -8,6 +8,7 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,6 +16,13 @@ from beem.builder import build, file_sha256
 from beem.bundle.bundle_reader import load_bundle
 from beem.bundle.manifest import BundleError, read_manifest, resolve_bundle_dir
 from beem.calibration.exit_cache import compute_exit_cache
+from beem.captioning.caption_builder import build_captioner_bundle, split_token_cache
+from beem.captioning.caption_bundle import load_caption_bundle
+from beem.captioning.caption_data import load_caption_items, source_from_provenance, split_images
+from beem.captioning.caption_evaluation import encoder_milliseconds, evaluate_captions
+from beem.captioning.caption_presets import CAPTION_PRESETS, get_caption_preset
+from beem.captioning.captioner import IMAGE_SIZE, encode_image_files
+from beem.captioning.image_encoders import ENCODER_NAMES, EncoderUnavailableError
 from beem.data.examples import DataFormatError, read_dataset
 from beem.data.rotten_tomatoes import REPO_DATA_FILE, write_processed
 from beem.data.splits import SPLIT_NAMES, split_dataset
@@ -27,6 +35,10 @@ DEFAULT_STORE = REPO_ROOT / "model_store"
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.task == "caption":
+        return _build_captioner(args)
     preset = get_preset(args.preset)
     training_overrides = {
         key: value
@@ -47,17 +59,41 @@ def _build(args: argparse.Namespace) -> int:
     }
     if preset_overrides:
         preset = replace(preset, **preset_overrides)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / "runs" / preset.name
     bundle_dir = build(preset, Path(args.store), run_dir)
     print(bundle_dir)
     return 0
 
 
+def _build_captioner(args: argparse.Namespace) -> int:
+    preset = get_caption_preset(args.preset)
+    data = preset.data
+    if args.scenes is not None:
+        data = replace(data, num_scenes=args.scenes)
+    if args.coco_annotations or args.coco_images:
+        data = replace(data, coco_annotations=args.coco_annotations, coco_images=args.coco_images)
+    training = preset.training
+    if args.epochs is not None:
+        training = replace(training, backbone_epochs=args.epochs)
+    if args.exit_epochs is not None:
+        training = replace(training, exit_epochs=args.exit_epochs)
+    if args.seed is not None:
+        training = replace(training, seed=args.seed)
+    preset = replace(preset, data=data, training=training)
+    if args.encoder:
+        preset = replace(preset, encoder=args.encoder)
+    if args.name:
+        preset = replace(preset, bundle_name=args.name)
+    run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / "runs" / f"caption-{preset.name}"
+    print(build_captioner_bundle(preset, Path(args.store), run_dir))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     bundle_dir = resolve_bundle_dir(Path(args.bundle))
     manifest = read_manifest(bundle_dir)
+    if manifest["task"] == "caption":
+        return _evaluate_captioner(args, bundle_dir, manifest)
     data_file = Path(args.data) if args.data else REPO_DATA_FILE
     dataset = read_dataset(data_file, manifest["labels"])
     provenance = manifest.get("data", {})
@@ -95,6 +131,35 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_captioner(args: argparse.Namespace, bundle_dir: Path, manifest: dict[str, Any]) -> int:
+    if args.split == "all":
+        raise ValueError("caption bundles are evaluated on one split: train, calibration or test")
+    source = source_from_provenance(manifest["data"], args.coco_annotations, args.coco_images, args.fashion_mnist_dir)
+    items = load_caption_items(source, Path(args.work_dir))
+    indices = split_images(len(items), source.split_fractions, source.split_seed)[args.split]
+    subset = [items[i] for i in indices][: args.limit]
+    bundle = load_caption_bundle(bundle_dir)
+    features = encode_image_files(bundle.captioner, [item.path for item in subset])
+    cache = split_token_cache(bundle.captioner.decoder, features, subset, bundle.vocabulary)
+    result = evaluate_captions(
+        bundle.captioner.decoder, bundle.vocabulary, features, [item.captions for item in subset], cache,
+        bundle.policies, bundle.max_length,
+        encoder_milliseconds(bundle.captioner.image_features, torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)),
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{bundle.name} v{bundle.version} on {args.split} ({len(subset)} images, {cache.num_samples} reference "
+          f"tokens); the encoder takes {result['encoder_ms_per_image']:.1f} ms per image for every policy")  # fmt: skip
+    for name, entry in result["policies"].items():
+        print(
+            f"  {name:9s} BLEU-4 {entry['bleu4']:6.2f}  CIDEr-D {entry['cider']:.3f}  mean exit "
+            f"{entry['mean_exit_layer']:.2f}  speed-up {entry['layer_speedup']:.2f}x  "
+            f"decoder {entry['decoder_ms_per_caption']:6.1f} ms/caption  token acc {entry['accuracy'] * 100:.2f}%"
+        )
+    return 0
+
+
 def _prepare_data(args: argparse.Namespace) -> int:
     kept, dropped = write_processed(Path(args.sdist), Path(args.output))
     print(f"wrote {kept} snippets to {args.output} (dropped {dropped} scored exactly 0)")
@@ -106,7 +171,9 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="train, calibrate and export a bundle into the model store")
-    build.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    build.add_argument("--task", default="classification", choices=["classification", "caption"])
+    build.add_argument("--preset", default="default", help=f"classification: {', '.join(PRESETS)}; "
+                       f"caption: {', '.join(CAPTION_PRESETS)}")  # fmt: skip
     build.add_argument("--store", default=str(DEFAULT_STORE), help="model store directory (default: %(default)s)")
     build.add_argument("--run-dir", help="checkpoints and caches; re-running resumes (default: runs/<preset>)")
     build.add_argument("--epochs", type=int, help="override the preset's number of epochs")
@@ -117,6 +184,12 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--name", help="override the bundle name")
     build.add_argument("--max-length", type=int, help="override the maximum tokens per input")
     build.add_argument("--max-steps-per-epoch", type=int, help="cap each epoch (quick trials)")
+    captions = build.add_argument_group("caption builds (--task caption)")
+    captions.add_argument("--scenes", type=int, help="number of generated Fashion-MNIST scenes")
+    captions.add_argument("--coco-annotations", help="COCO-format captions JSON, instead of generated scenes")
+    captions.add_argument("--coco-images", help="the folder holding the COCO-format data's images")
+    captions.add_argument("--encoder", choices=ENCODER_NAMES, help="image encoder (default: the preset's)")
+    captions.add_argument("--exit-epochs", type=int, help="epochs of the second stage (exit heads)")
     build.set_defaults(handler=_build)
 
     evaluate = commands.add_parser("evaluate", help="run a bundle's calibrated policies on a data split")
@@ -124,6 +197,13 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=[*SPLIT_NAMES, "all"])
     evaluate.add_argument("--data", help="data file (.jsonl or GLUE .tsv); default: the bundled Rotten Tomatoes set")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    caption_data = evaluate.add_argument_group("caption bundles")
+    caption_data.add_argument("--coco-annotations", help="the COCO-format captions a bundle was built on")
+    caption_data.add_argument("--coco-images", help="their image folder")
+    caption_data.add_argument("--fashion-mnist-dir", help="where Fashion-MNIST is (default: Debian's location)")
+    caption_data.add_argument("--work-dir", default=str(REPO_ROOT / "runs" / "caption-evaluation"),
+                              help="where generated scenes are written (default: %(default)s)")  # fmt: skip
+    caption_data.add_argument("--limit", type=int, help="evaluate only the split's first N images")
     evaluate.set_defaults(handler=_evaluate)
 
     prepare = commands.add_parser("prepare-data", help="regenerate data/rotten_tomatoes from the vaderSentiment sdist")
@@ -143,7 +223,7 @@ def run(command_parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = command_parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (BundleError, DataFormatError, BackboneNotFoundError, ValueError) as error:
+    except (BundleError, DataFormatError, BackboneNotFoundError, EncoderUnavailableError, ValueError) as error:
         print(f"beem: error: {error}", file=sys.stderr)
         return 2
     return code

@@ -51,6 +51,8 @@ def load_bundle(path: Path, device: str = "cpu", dtype: torch.dtype = torch.floa
     """Verify and load; raises BundleError naming the file and the problem."""
     bundle_dir = resolve_bundle_dir(path)
     manifest = read_manifest(bundle_dir)
+    if manifest["task"] != "classification":
+        raise BundleError(bundle_dir / "manifest.json", f"a {manifest['task']} bundle, not a classifier")
     try:
         head_spec = ExitHeadSpec(**manifest["exit_heads"])
         model = MultiExitModel.from_config(manifest["backbone"]["config"], head_spec)
@@ -69,11 +71,13 @@ def load_bundle(path: Path, device: str = "cpu", dtype: torch.dtype = torch.floa
         )
     model.to(device=device, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(bundle_dir / TOKENIZER_DIR), local_files_only=True)
+    return LoadedBundle(bundle_dir, manifest, model, tokenizer, calibrated_policies(bundle_dir, manifest))
+
+
+def calibrated_policies(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, ExitPolicy]:
+    """The manifest's policies with their calibrated parameters (any task)."""
     num_layers = int(manifest["num_layers"])
     try:
-        policies = {
-            name: build_policy(name, entry["params"], num_layers) for name, entry in manifest["policies"].items()
-        }
+        return {name: build_policy(name, entry["params"], num_layers) for name, entry in manifest["policies"].items()}
     except (PolicyParameterError, KeyError, TypeError) as error:
         raise BundleError(bundle_dir / "manifest.json", f"invalid calibrated policy ({error})") from error
-    return LoadedBundle(bundle_dir, manifest, model, tokenizer, policies)

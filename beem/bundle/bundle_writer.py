@@ -35,7 +35,7 @@ def next_version_dir(store_dir: Path, name: str) -> Path:
     return model_dir / str(max(existing, default=0) + 1)
 
 
-def model_state_for_storage(model: MultiExitModel, storage_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def model_state_for_storage(model: torch.nn.Module, storage_dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {key: tensor.detach().to(storage_dtype).contiguous() for key, tensor in model.state_dict().items()}
 
 
@@ -60,16 +60,28 @@ def export_bundle(
     manifest_fields: dict[str, Any],
     write_extras: Callable[[Path], None],
 ) -> Path:
-    """Write the bundle; `write_extras(staging_dir)` adds the report and caches before checksums are taken."""
+    """A classification bundle; `write_extras(staging_dir)` adds the report and caches before checksums."""
+
+    def write_files(staging: Path) -> None:
+        save_file(model_state_for_storage(model, storage_dtype), staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+        _clean_tokenizer_json(staging / TOKENIZER_DIR / "tokenizer.json")
+        (staging / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1))
+        write_extras(staging)
+
+    return write_bundle(store_dir, name, manifest_fields, write_files)
+
+
+def write_bundle(
+    store_dir: Path, name: str, manifest_fields: dict[str, Any], write_files: Callable[[Path], None]
+) -> Path:
+    """Any task's bundle: `write_files(staging_dir)` writes its files, then the manifest lists them with their
+    sha256 and the staging directory is renamed into place."""
     final_dir = next_version_dir(store_dir, name)
     staging = final_dir.parent / f".staging-{final_dir.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_file(model_state_for_storage(model, storage_dtype), staging / WEIGHTS_FILE, metadata={"format": "pt"})
-    tokenizer.save_pretrained(staging / TOKENIZER_DIR)
-    _clean_tokenizer_json(staging / TOKENIZER_DIR / "tokenizer.json")
-    (staging / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1))
-    write_extras(staging)
+    write_files(staging)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "name": name,

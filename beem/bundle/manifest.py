@@ -19,6 +19,7 @@ CALIBRATION_FILE = "calibration.json"
 CALIBRATION_CACHE_FILE = "calibration_exits.safetensors"
 REPORT_FILE = "report.md"
 REPORT_PLOT_FILE = "report.png"
+VOCABULARY_FILE = "vocabulary.json"
 REQUIRED_KEYS = (
     "schema_version",
     "name",
@@ -26,14 +27,14 @@ REQUIRED_KEYS = (
     "task",
     "backbone",
     "num_layers",
-    "labels",
     "max_length",
-    "exit_heads",
     "weights",
     "policies",
     "default_policy",
     "files",
 )
+# What each task adds: a classifier's labels and exit heads; a captioner's image encoder and decoder.
+TASK_KEYS = {"classification": ("labels", "exit_heads"), "caption": ("encoder", "decoder")}
 
 
 class BundleError(RuntimeError):
@@ -79,7 +80,10 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
         raise BundleError(
             manifest_path, f"unknown schema_version {version!r}; this build of beem reads version {SCHEMA_VERSION}"
         )
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    task = manifest.get("task")
+    if task not in TASK_KEYS:
+        raise BundleError(manifest_path, f"unknown task {task!r}; this build of beem serves {sorted(TASK_KEYS)}")
+    missing = [key for key in (*REQUIRED_KEYS, *TASK_KEYS[task]) if key not in manifest]
     if missing:
         raise BundleError(manifest_path, f"missing keys {missing}")
     listed = manifest["files"]

@@ -43,6 +43,7 @@ def _epochs(
     decoder: MultiExitDecoder,
     features: torch.Tensor,  # (N, P, C) cached encoder grids
     token_rows: list[list[int]],
+    feature_rows: list[int],
     pad_id: int,
     parameters: list[torch.nn.Parameter],
     learning_rate: float,
@@ -59,7 +60,9 @@ def _epochs(
         for start in tqdm(range(0, len(order), config.batch_size), desc=f"{stage} {epoch + 1}/{epochs}", leave=False):
             rows = order[start : start + config.batch_size]
             tokens = _padded([token_rows[i] for i in rows], pad_id)
-            logits = decoder.forward_all_exits(tokens[:, :-1], features[torch.as_tensor(rows)])  # (L, B, T, V)
+            logits = decoder.forward_all_exits(
+                tokens[:, :-1], features[torch.as_tensor([feature_rows[i] for i in rows])]
+            )  # (L, B, T, V)
             targets = tokens[:, 1:]
             loss = (
                 final_exit_loss(logits, targets, pad_id)
@@ -82,15 +85,17 @@ def train_captioner(
     token_rows: list[list[int]],
     pad_id: int,
     config: CaptionTrainingConfig,
+    feature_rows: list[int] | None = None,  # image of each caption (an image may have several); default: i -> i
 ) -> dict[str, list[float]]:
     torch.manual_seed(config.seed)
+    image_of = feature_rows if feature_rows is not None else list(range(len(token_rows)))
     # The final exit's head belongs to the backbone (stage 1 trains through it); the early exits' heads do not.
     early_heads = tuple(f"exit_norms.{index}." for index in range(decoder.num_layers - 1))
     backbone = [p for name, p in decoder.named_parameters() if not name.startswith(early_heads)]
     exit_heads = [p for name, p in decoder.named_parameters() if name.startswith(early_heads)]
-    stage_one = _epochs(decoder, features, token_rows, pad_id, backbone, config.learning_rate,
+    stage_one = _epochs(decoder, features, token_rows, image_of, pad_id, backbone, config.learning_rate,
                         config.backbone_epochs, config, "backbone")  # fmt: skip
     stage_two_parameters = exit_heads + (backbone if config.exits_train_decoder else [])
-    stage_two = _epochs(decoder, features, token_rows, pad_id, stage_two_parameters, config.exit_learning_rate,
-                        config.exit_epochs, config, "exits")  # fmt: skip
+    stage_two = _epochs(decoder, features, token_rows, image_of, pad_id, stage_two_parameters,
+                        config.exit_learning_rate, config.exit_epochs, config, "exits")  # fmt: skip
     return {"backbone_losses": stage_one, "exit_losses": stage_two}

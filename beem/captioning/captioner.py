@@ -7,12 +7,15 @@ mean = std = 0.5, as the pretrained weights expect.
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 from beem.captioning.multi_exit_decoder import MultiExitDecoder
 
@@ -47,3 +50,15 @@ class MultiExitCaptioner(nn.Module):
     def all_exit_logits(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: (B, 3, H, W) images, (B, T) input tokens -> (L, B, T, vocab)."""
         return self.decoder.forward_all_exits(tokens, self.image_features(images))
+
+
+@torch.inference_mode()
+def encode_image_files(captioner: MultiExitCaptioner, paths: list[Path], batch_size: int = 32) -> torch.Tensor:
+    """Image files -> (N, P, C) feature grids, in batches (the frozen encoder runs once per image per build)."""
+    chunks = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="encoding images", leave=False):
+        with contextlib.ExitStack() as stack:
+            opened = [stack.enter_context(Image.open(path)) for path in paths[start : start + batch_size]]
+            images = torch.stack([image_tensor(image) for image in opened])
+        chunks.append(captioner.image_features(images))
+    return torch.cat(chunks)

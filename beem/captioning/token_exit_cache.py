@@ -11,18 +11,20 @@ import numpy as np
 import torch
 
 from beem.calibration.exit_cache import ExitCache, exit_summaries
-from beem.captioning.captioner import MultiExitCaptioner
+from beem.captioning.multi_exit_decoder import MultiExitDecoder
 
 
 @torch.inference_mode()
 def token_exit_cache(
-    captioner: MultiExitCaptioner,
-    images: torch.Tensor,  # (N, 3, 224, 224)
-    token_rows: list[list[int]],  # <start> ... <end> per image
+    decoder: MultiExitDecoder,
+    features: torch.Tensor,  # (N_images, P, C): the encoder's grids
+    token_rows: list[list[int]],  # <start> ... <end> per caption
     pad_id: int,
+    feature_rows: list[int] | None = None,  # image of each caption (an image may have several); default: i -> i
     batch_size: int = 32,
 ) -> ExitCache:
-    captioner.eval()
+    decoder.eval()
+    image_of = feature_rows if feature_rows is not None else list(range(len(token_rows)))
     labels, confidences, entropies, targets = [], [], [], []
     for start in range(0, len(token_rows), batch_size):
         rows = token_rows[start : start + batch_size]
@@ -31,7 +33,8 @@ def token_exit_cache(
         for index, row in enumerate(rows):
             padded[index, : len(row)] = torch.tensor(row)
         inputs, next_tokens = padded[:, :-1], padded[:, 1:]  # predict token t+1 from tokens <= t
-        logits = captioner.all_exit_logits(images[start : start + batch_size], inputs)  # (L, B, T, V)
+        grids = features[torch.as_tensor(image_of[start : start + batch_size])]  # (B, P, C)
+        logits = decoder.forward_all_exits(inputs, grids)  # (L, B, T, V)
         keep = (next_tokens != pad_id).reshape(-1)  # (B*T,)
         exit_labels, exit_confidences, exit_entropies = exit_summaries(logits.permute(1, 2, 0, 3))  # (B, T, L)
         num_layers = logits.shape[0]

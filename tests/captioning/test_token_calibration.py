@@ -29,7 +29,7 @@ def test_token_cache_holds_one_sample_per_reference_token_and_calibrates() -> No
     captioner = MultiExitCaptioner(TinyEncoder(), MultiExitDecoder(spec)).eval()
     images = torch.rand(5, 3, 224, 224) * 2 - 1
     rows = [[1, 5, 6, 2], [1, 7, 2], [1, 4, 4, 9, 8, 2], [1, 3, 2], [1, 11, 12, 13, 2]]
-    cache = token_exit_cache(captioner, images, rows, pad_id=0, batch_size=2)
+    cache = token_exit_cache(captioner.decoder, captioner.image_features(images), rows, pad_id=0, batch_size=2)
     assert cache.num_samples == sum(len(row) - 1 for row in rows)  # every next token, <end> included
     assert cache.num_layers == 3
     assert cache.targets.tolist() == [token for row in rows for token in row[1:]]
