@@ -18,26 +18,32 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from beem.bundle.manifest import read_manifest, resolve_bundle_dir
+from service.captioning import CaptionService
 from service.classification import ClassificationService
 from service.engine.batch_scheduler import BatchScheduler
+from service.engine.caption_engine import CaptionEngine
 from service.engine.inference_engine import InferenceEngine
+from service.engine.work_item import CaptionWorkItem, WorkItem
 from service.errors import error_response, install_error_handlers
 from service.metrics import ServiceMetrics
-from service.routes import classify, operations, predict
+from service.routes import caption, classify, operations, predict
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-COUNTED_ROUTES = ("/v1/classify", "/predict", "/v1/models")
+COUNTED_ROUTES = ("/v1/classify", "/predict", "/v1/caption", "/v1/models")
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
+    """A classification or a caption server, by the bundle's task: each gets its engine and its routes."""
     manifest = read_manifest(resolve_bundle_dir(settings.bundle))
     metrics = ServiceMetrics(int(manifest["num_layers"]))
-    scheduler = BatchScheduler(
-        settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_batch_tokens, settings.max_queue,
-        metrics,
-    )  # fmt: skip
-    engine = InferenceEngine(scheduler, metrics, settings.device, settings.dtype)
+    batching = (settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_batch_tokens,
+                settings.max_queue, metrics)  # fmt: skip
+    engine: InferenceEngine | CaptionEngine
+    if manifest["task"] == "caption":
+        engine = CaptionEngine(BatchScheduler[CaptionWorkItem](*batching), metrics, settings.device, settings.dtype)
+    else:
+        engine = InferenceEngine(BatchScheduler[WorkItem](*batching), metrics, settings.device, settings.dtype)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,7 +57,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     app = FastAPI(
         title="beem-serve",
-        summary="Early-exit (BEEM) transformer classification",
+        summary="Early-exit (BEEM) transformer classification and captioning",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -59,10 +65,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.engine = engine
     app.state.shutting_down = False
-    app.state.classification = ClassificationService(engine, settings)
     install_error_handlers(app)
-    app.include_router(classify.router)
-    app.include_router(predict.router)
+    if isinstance(engine, CaptionEngine):
+        app.state.captioning = CaptionService(engine, settings)
+        app.include_router(caption.router)
+    else:
+        app.state.classification = ClassificationService(engine, settings)
+        app.include_router(classify.router)
+        app.include_router(predict.router)
     app.include_router(operations.router)
     # Added last = outermost: requests rejected for their size are counted too.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)

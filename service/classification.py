@@ -8,49 +8,30 @@ on futures that the engine resolves row by row as rows exit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
 from transformers import PreTrainedTokenizerBase
 
 from beem.bundle.bundle_reader import LoadedBundle
-from beem.policies.exit_policies import ExitPolicy
-from beem.policies.policy_registry import build_policy
+from service.answer_waiting import resolver, wait_for_outcomes
 from service.engine.inference_engine import InferenceEngine
 from service.engine.work_item import RowOutcome, WorkItem
-from service.errors import (
-    ClientGoneError,
-    InputValidationError,
-    NotReadyError,
-    PayloadTooLargeError,
-    RequestTimeoutError,
-)
+from service.errors import InputValidationError, NotReadyError, PayloadTooLargeError
+from service.policy_choice import ChosenPolicy, choose_policy
 from service.schemas import PolicySpec
 from service.settings import ServerSettings
 
-DISCONNECT_POLL_S = 0.05
 INLINE_TOKENIZE_MAX_CHARS = 2000
-SPEC_FIELDS = ("alpha", "threshold", "patience", "layer")
-FIELDS_OF_POLICY = {
-    "beem-a": ("alpha",), "beem-c": ("alpha",), "max-prob": ("threshold",), "entropy": ("threshold",),
-    "patience": ("patience",), "static": ("layer",), "full": (),
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class TextRow:
     text: str
     pair: str | None = None
-
-
-@dataclass(frozen=True)
-class ChosenPolicy:
-    policy: ExitPolicy
-    name: str
 
 
 class ClassificationService:
@@ -70,20 +51,7 @@ class ClassificationService:
         return self.settings.max_input_tokens or self.bundle.max_length
 
     def choose_policy(self, spec: PolicySpec | None) -> ChosenPolicy:
-        bundle = self.bundle
-        name = spec.name if spec is not None else str(bundle.manifest["default_policy"])
-        params = dict(bundle.manifest["policies"][name]["params"])
-        if spec is not None:
-            for field in SPEC_FIELDS:
-                value = getattr(spec, field)
-                if value is None:
-                    continue
-                if field not in FIELDS_OF_POLICY[name]:
-                    raise InputValidationError(f"policy.{field} does not apply to policy {name!r}")
-                params[field] = value
-            if name == "max-prob" and spec.threshold is not None and spec.threshold > 1:
-                raise InputValidationError("policy.threshold for max-prob is a probability: at most 1")
-        return ChosenPolicy(build_policy(name, params, bundle.num_layers), name)
+        return choose_policy(self.bundle.manifest, spec)
 
     def check_rows(self, rows: Sequence[TextRow]) -> None:
         if not rows:
@@ -147,46 +115,9 @@ class ClassificationService:
                 last_layer=max_layers or bundle.num_layers,
                 return_exits=return_exits,
                 deadline=deadline,
-                on_done=_resolver(loop, future),
+                on_done=resolver(loop, future),
             )
             for (input_ids, token_types), future in zip(encoded, futures, strict=True)
         ]
         self.engine.submit(items)
-        watcher = asyncio.create_task(_cancel_when_client_leaves(request, items))
-        try:
-            outcomes = await asyncio.wait_for(asyncio.gather(*futures), self.settings.request_timeout_s)
-        except TimeoutError as error:
-            for item in items:
-                item.cancelled = True
-            raise RequestTimeoutError(f"not answered within {self.settings.request_timeout_s} s") from error
-        finally:
-            watcher.cancel()
-        dropped = next((outcome.dropped for outcome in outcomes if outcome.dropped), None)
-        if dropped == "client_gone":
-            raise ClientGoneError("the client closed the connection")
-        if dropped == "timeout":
-            raise RequestTimeoutError(f"not answered within {self.settings.request_timeout_s} s")
-        if dropped is not None:
-            raise RuntimeError(f"engine could not answer: {dropped}")
-        return list(outcomes)
-
-
-def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[RowOutcome]) -> Callable[[RowOutcome], None]:
-    def resolve(outcome: RowOutcome) -> None:
-        loop.call_soon_threadsafe(_set_once, future, outcome)
-
-    return resolve
-
-
-def _set_once(future: asyncio.Future[RowOutcome], outcome: RowOutcome) -> None:
-    if not future.done():
-        future.set_result(outcome)
-
-
-async def _cancel_when_client_leaves(request: Request, items: list[WorkItem]) -> None:
-    """Poll for a disconnect while rows are in flight; the engine then drops them before the next layer."""
-    with contextlib.suppress(asyncio.CancelledError):
-        while not await request.is_disconnected():
-            await asyncio.sleep(DISCONNECT_POLL_S)
-        for item in items:
-            item.cancelled = True
+        return await wait_for_outcomes(request, items, futures, self.settings.request_timeout_s)

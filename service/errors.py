@@ -36,6 +36,11 @@ class PayloadTooLargeError(ServiceError):
     error_type = "payload_too_large"
 
 
+class UnsupportedMediaError(ServiceError):
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
 class UnauthorizedError(ServiceError):
     status_code = 401
     error_type = "unauthorized"

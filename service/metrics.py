@@ -49,7 +49,9 @@ class ServiceMetrics:
         self.dropped_rows = Counter(
             "beem_dropped_rows_total", "Rows dropped before or during compute", ["reason"], registry=self.registry
         )
-        self.model_info = Gauge("beem_model_info", "The loaded bundle", ["name", "version"], registry=self.registry)
+        self.model_info = Gauge(
+            "beem_model_info", "The loaded bundle", ["name", "version", "task"], registry=self.registry
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

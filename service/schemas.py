@@ -79,3 +79,22 @@ class PredictRequest(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     error_type: str
+
+
+class CaptionRequest(BaseModel):
+    """The JSON form of /v1/caption (multipart uploads carry the same fields as form parts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: StrictStr = Field(description="the PNG or JPEG file, base64-encoded (a data: URL prefix is allowed)")
+    policy: PolicySpec | None = Field(None, description="default: the bundle's calibrated beem-a")
+
+
+class CaptionResponse(BaseModel):
+    model: str = Field(description="bundle name:version")
+    caption: str
+    tokens: list[str] = Field(description="every generated token, the end token included when it was produced")
+    token_exit_layers: list[int] = Field(description="the decoder layer each token exited at (1-based)")
+    mean_exit_layer: float
+    num_layers: int
+    policy: str

@@ -30,7 +30,10 @@ class ServerSettings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered by then gets 504")
     max_input_tokens: int | None = Field(None, ge=2, description="default: the bundle's max_length")
     max_inputs_per_request: int = Field(64, ge=1)
-    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_body_bytes: int = Field(10_000_000, ge=1024, description="largest request body (an uploaded image included)")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="caption bundles: larger images (width x height) get 413 before decoding"
+    )
     torch_threads: int | None = Field(None, ge=1)
     api_key: SecretStr | None = None
     access_log: bool = Field(False, description="log every request (uvicorn's access log); metrics count them anyway")

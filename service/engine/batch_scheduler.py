@@ -10,9 +10,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import Generic, TypeVar
 
-from service.engine.work_item import RowOutcome, WorkItem
+from service.engine.work_item import QueuedItem
 from service.metrics import ServiceMetrics
+
+ItemT = TypeVar("ItemT", bound=QueuedItem)
 
 
 class QueueFullError(RuntimeError):
@@ -23,7 +26,7 @@ class EngineClosedError(RuntimeError):
     """The engine is shutting down and admits nothing new (503)."""
 
 
-class BatchScheduler:
+class BatchScheduler(Generic[ItemT]):
     def __init__(
         self,
         max_batch_size: int,
@@ -37,11 +40,11 @@ class BatchScheduler:
         self.max_batch_tokens = max_batch_tokens
         self.max_queue = max_queue
         self.metrics = metrics
-        self._pending: deque[WorkItem] = deque()
+        self._pending: deque[ItemT] = deque()
         self._condition = threading.Condition()
         self._closed = False
 
-    def submit(self, items: list[WorkItem]) -> None:
+    def submit(self, items: list[ItemT]) -> None:
         """Admit all of a request's rows or none of them."""
         now = time.monotonic()
         with self._condition:
@@ -65,7 +68,7 @@ class BatchScheduler:
     def depth(self) -> int:
         return len(self._pending)
 
-    def next_batch(self) -> list[WorkItem] | None:
+    def next_batch(self) -> list[ItemT] | None:
         """Block until a batch is ready; None once closed and drained."""
         with self._condition:
             while True:
@@ -99,16 +102,16 @@ class BatchScheduler:
             self.metrics.queue_wait.observe(started - item.enqueued_at)
         return batch
 
-    def _drop(self, item: WorkItem) -> None:
+    def _drop(self, item: ItemT) -> None:
         reason = "client_gone" if item.cancelled else "timeout"
         self.metrics.dropped_rows.labels(reason).inc()
-        item.on_done(RowOutcome(dropped=reason))
+        item.drop(reason)
 
     def _discard_abandoned(self) -> None:
         """Drop queued rows whose client left or whose deadline passed, before any compute is spent on them."""
         now = time.monotonic()
         if any(_abandoned(item, now) for item in self._pending):
-            kept: deque[WorkItem] = deque()
+            kept: deque[ItemT] = deque()
             for item in self._pending:
                 if _abandoned(item, now):
                     self._drop(item)
@@ -117,5 +120,5 @@ class BatchScheduler:
             self._pending = kept
 
 
-def _abandoned(item: WorkItem, now: float) -> bool:
+def _abandoned(item: QueuedItem, now: float) -> bool:
     return item.cancelled or item.deadline <= now

@@ -1,16 +1,12 @@
-"""The engine: one thread owns the model and the device and runs micro-batches layer by layer.
+"""The classification engine: micro-batches run layer by layer in the worker thread (`ModelWorker`).
 
 For every layer it runs the layer and that layer's exit head on the rows still in the batch, lets each row's own
 policy decide (the same `ExitPolicy.step` calibration used), answers the rows that exit right then, and compacts
-the batch so the rest continue alone. Rows whose client left are dropped between layers. Lifecycle (DESIGN 5.2):
-`load` -> `submit`* -> `close`; `health` says where it is.
+the batch so the rest continue alone. Rows whose client left are dropped between layers.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,115 +15,31 @@ from beem.bundle.bundle_reader import LoadedBundle, load_bundle
 from beem.model.layerwise_backbone import EncoderState
 from beem.model.multi_exit_model import MultiExitModel
 from beem.policies.exit_policies import BLIND_OBSERVATION, ExitObservation, PolicyState
-from service.engine.batch_scheduler import BatchScheduler
 from service.engine.exit_readout import ExitReadout, read_exits
+from service.engine.model_worker import ModelWorker
 from service.engine.work_item import ExitTrace, RowOutcome, WorkItem
-from service.metrics import ServiceMetrics
 
-log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TASK = "classification"
 
 
-@dataclass(frozen=True)
-class EngineHealth:
-    loaded: bool
-    warmed_up: bool
-    closed: bool
-    error: str | None
-    queue_depth: int
+class InferenceEngine(ModelWorker[LoadedBundle, WorkItem]):
+    """The classification engine."""
 
-
-def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """auto -> CUDA in fp16 when a GPU is present, else CPU in fp32 (CPU half-precision matmuls are slow)."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda was asked for but torch sees no CUDA device")
-    chosen = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    if dtype == "auto":
-        return chosen, torch.float16 if chosen.type == "cuda" else torch.float32
-    return chosen, DTYPES[dtype]
-
-
-class InferenceEngine:
-    def __init__(self, scheduler: BatchScheduler, metrics: ServiceMetrics, device: str, dtype: str) -> None:
-        self.scheduler = scheduler
-        self.metrics = metrics
-        self.device, self.dtype = resolve_device(device, dtype)
-        self.bundle: LoadedBundle | None = None
-        self._warmed_up = False
-        self._error: str | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------------------------
-
-    def load(self, bundle_path: Path, torch_threads: int | None, start_worker: bool = True) -> None:
-        """Load and warm up, then start the worker thread (unless `start_worker` is False: benchmarks then call
-        `run_batch` in their own thread). Blocking: call it off the event loop."""
-        try:
-            if torch_threads:
-                torch.set_num_threads(torch_threads)
-            self.bundle = load_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
-            self.metrics.model_info.labels(self.bundle.name, self.bundle.version).set(1)
-            if start_worker:
-                warmed = threading.Event()
-                self._thread = threading.Thread(target=self._run, args=(warmed,), name="beem-engine", daemon=True)
-                self._thread.start()
-                warmed.wait()
-                if self._error is not None:
-                    raise RuntimeError(self._error)
-            else:
-                self._warm_up()
-            self._warmed_up = True
-        except Exception as error:
-            self._error = f"{type(error).__name__}: {error}"
-            log.exception("bundle failed to load")
-            raise
-
-    def health(self) -> EngineHealth:
-        return EngineHealth(
-            loaded=self.bundle is not None,
-            warmed_up=self._warmed_up,
-            closed=self._thread is not None and not self._thread.is_alive(),
-            error=self._error,
-            queue_depth=self.scheduler.depth,
-        )
-
-    def submit(self, items: list[WorkItem]) -> None:
-        self.scheduler.submit(items)
-
-    def close(self, timeout_s: float = 60.0) -> None:
-        """Admit nothing more, finish every admitted row, stop the worker."""
-        self.scheduler.close()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    # -- the worker -------------------------------------------------------------------------------------------
+    def _load_bundle(self, bundle_path: Path) -> LoadedBundle:
+        bundle = load_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
+        self.metrics.model_info.labels(bundle.name, bundle.version, TASK).set(1)
+        return bundle
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
-        """One forward through every layer and exit head, in the thread that will serve (torch's thread pools are
-        per thread), so the first client does not pay for lazy initialisation. Not counted in the metrics."""
         assert self.bundle is not None
         encoded = self.bundle.tokenizer(["warm up the engine"], return_tensors="pt")
         self.bundle.model.all_exit_logits(
             encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
         )
 
-    def _run(self, warmed: threading.Event) -> None:
-        try:
-            self._warm_up()
-        except Exception as error:
-            self._error = f"warm-up failed: {type(error).__name__}: {error}"
-            return
-        finally:
-            warmed.set()
-        while (batch := self.scheduler.next_batch()) is not None:
-            try:
-                self.run_batch(batch)
-            except Exception as error:  # a bug must not kill the worker: answer the batch as failed, go on
-                log.exception("batch failed")
-                for item in batch:
-                    item.on_done(RowOutcome(dropped=f"error: {type(error).__name__}"))
+    def _fail(self, item: WorkItem, reason: str) -> None:
+        item.drop(reason)
 
     def _pad(self, batch: list[WorkItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         assert self.bundle is not None
@@ -216,7 +128,7 @@ class InferenceEngine:
         """A row nobody waits for: count the layers it cost, answer it as dropped."""
         self.metrics.layers_computed.labels(TASK).inc(layers_run)
         self.metrics.dropped_rows.labels(reason).inc()
-        item.on_done(RowOutcome(dropped=reason))
+        item.drop(reason)
 
     def _account(self, item: WorkItem, layer: int) -> None:
         """An answered row: its exit layer, and compute used against what full depth would have used."""

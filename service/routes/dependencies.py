@@ -1,4 +1,4 @@
-"""Per-request dependencies: the classification service on app.state, and the optional API key.
+"""Per-request dependencies: the task's service on app.state, and the optional API key.
 
 Both are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread pool, a thread hand-off per
 request that cost more than the check itself."""
@@ -10,12 +10,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.captioning import CaptionService
 from service.classification import ClassificationService
 from service.errors import UnauthorizedError
 
 
 async def classification_service(request: Request) -> ClassificationService:
     service: ClassificationService = request.app.state.classification
+    return service
+
+
+async def caption_service(request: Request) -> CaptionService:
+    service: CaptionService = request.app.state.captioning
     return service
 
 
@@ -33,3 +39,4 @@ async def require_api_key(request: Request) -> None:
 
 
 Classification = Annotated[ClassificationService, Depends(classification_service)]
+Captioning = Annotated[CaptionService, Depends(caption_service)]

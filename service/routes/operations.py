@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.routes.dependencies import Classification, require_api_key
+from service.errors import NotReadyError
+from service.routes.dependencies import require_api_key
 
 router = APIRouter()
 
@@ -35,9 +36,12 @@ async def metrics(request: Request) -> Response:
 
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)])
-async def models(service: Classification) -> dict[str, Any]:
+async def models(request: Request) -> dict[str, Any]:
     """The loaded bundle: manifest summary and each policy's calibrated parameters and metrics."""
-    manifest = service.bundle.manifest
+    engine = request.app.state.engine
+    if engine.bundle is None or not engine.health().warmed_up:
+        raise NotReadyError("the model is still loading; retry shortly")
+    manifest = engine.bundle.manifest
     return {
         "data": [{
             "id": f"{manifest['name']}:{manifest['version']}",
@@ -47,7 +51,7 @@ async def models(service: Classification) -> dict[str, Any]:
             "created_at": manifest.get("created_at"),
             "backbone": {key: manifest["backbone"].get(key) for key in ("name", "origin", "model_type")},
             "num_layers": manifest["num_layers"],
-            "labels": manifest["labels"],
+            "labels": manifest.get("labels"),
             "max_length": manifest["max_length"],
             "default_policy": manifest["default_policy"],
             "calibration": manifest.get("calibration"),

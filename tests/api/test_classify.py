@@ -94,7 +94,7 @@ def test_models_and_metrics(client: TestClient) -> None:
     assert 'beem_requests_total{policy="static",route="/v1/classify",status="200"}' in metrics
     for name in ("beem_layers_computed_total", "beem_layers_possible_total", "beem_batch_size_bucket",
                  "beem_queue_depth", "beem_queue_wait_seconds_bucket", "beem_request_duration_seconds_bucket",
-                 'beem_model_info{name="tiny-sentiment",version="1"} 1.0'):  # fmt: skip
+                 'beem_model_info{name="tiny-sentiment",task="classification",version="1"} 1.0'):  # fmt: skip
         assert name in metrics, name
     assert client.get("/healthz").json() == {"status": "alive"}
     assert client.get("/docs").status_code == 200

@@ -1,0 +1,52 @@
+"""From an uploaded image to its caption: decode the file off the event loop, pick the policy, enqueue, await.
+
+The caption route only shapes requests and responses; this is where an image meets the caption engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import Request
+
+from beem.captioning.caption_bundle import LoadedCaptionBundle
+from service.answer_waiting import resolver, wait_for_outcomes
+from service.engine.caption_engine import CaptionEngine
+from service.engine.work_item import CaptionOutcome, CaptionWorkItem
+from service.errors import NotReadyError
+from service.image_input import image_from_bytes
+from service.policy_choice import ChosenPolicy, choose_policy
+from service.schemas import PolicySpec
+from service.settings import ServerSettings
+
+
+class CaptionService:
+    def __init__(self, engine: CaptionEngine, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    @property
+    def bundle(self) -> LoadedCaptionBundle:
+        if self.engine.bundle is None or not self.engine.health().warmed_up:
+            raise NotReadyError("the model is still loading; retry shortly")
+        return self.engine.bundle
+
+    def choose_policy(self, spec: PolicySpec | None) -> ChosenPolicy:
+        return choose_policy(self.bundle.manifest, spec)
+
+    async def caption(self, request: Request, image_bytes: bytes, chosen: ChosenPolicy) -> CaptionOutcome:
+        self.bundle  # noqa: B018 (503 before decoding anything while the model loads)
+        image = await asyncio.to_thread(image_from_bytes, image_bytes, self.settings.max_image_pixels)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[CaptionOutcome] = loop.create_future()
+        item = CaptionWorkItem(
+            image=image,
+            policy=chosen.policy,
+            policy_name=chosen.name,
+            deadline=time.monotonic() + self.settings.request_timeout_s,
+            on_done=resolver(loop, future),
+        )
+        self.engine.submit([item])
+        (outcome,) = await wait_for_outcomes(request, [item], [future], self.settings.request_timeout_s)
+        return outcome

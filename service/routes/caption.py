@@ -1,0 +1,87 @@
+"""POST /v1/caption: an image (multipart upload or base64 JSON; PNG or JPEG) -> its caption, with every token's
+exit layer. Served when the loaded bundle is a captioner."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from service.errors import InputValidationError, UnsupportedMediaError
+from service.image_input import decode_base64
+from service.routes.dependencies import Captioning, require_api_key
+from service.schemas import CaptionRequest, CaptionResponse, ErrorBody, PolicySpec
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 415, 422, 429, 503, 504)}
+IMAGE_FIELD = "image"
+OPENAPI_BODIES = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": CaptionRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [IMAGE_FIELD],
+                    "properties": {
+                        IMAGE_FIELD: {"type": "string", "format": "binary", "description": "PNG or JPEG file"},
+                        "policy": {"type": "string", "description": 'JSON policy, e.g. {"name": "full"}'},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+async def _multipart(request: Request) -> tuple[bytes, PolicySpec | None]:
+    async with request.form(max_files=1, max_fields=4) as form:
+        upload = form.get(IMAGE_FIELD)
+        if not isinstance(upload, UploadFile):
+            raise InputValidationError(f"multipart upload needs a file part named {IMAGE_FIELD!r}")
+        data = await upload.read()
+        policy = form.get("policy")
+    if policy is not None and not isinstance(policy, str):
+        raise InputValidationError("policy: a JSON text form field, not a file")
+    try:
+        return data, PolicySpec.model_validate_json(policy) if policy else None
+    except ValidationError as error:
+        raise RequestValidationError([{**e, "loc": ("policy", *e["loc"])} for e in error.errors()]) from error
+
+
+async def _json(request: Request) -> tuple[bytes, PolicySpec | None]:
+    try:
+        body = CaptionRequest.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from error
+    return decode_base64(body.image), body.policy
+
+
+@router.post("/v1/caption", response_model=CaptionResponse, responses=ERRORS, openapi_extra=OPENAPI_BODIES)  # type: ignore[arg-type]
+async def caption(request: Request, service: Captioning) -> CaptionResponse:
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        image_bytes, spec = await _multipart(request)
+    elif content_type.startswith("application/json"):
+        image_bytes, spec = await _json(request)
+    else:
+        raise UnsupportedMediaError(
+            f"content-type {content_type or '(none)'}: send multipart/form-data with an {IMAGE_FIELD!r} file, or "
+            "application/json with a base64 'image'"
+        )
+    chosen = service.choose_policy(spec)
+    request.state.policy = chosen.name
+    outcome = await service.caption(request, image_bytes, chosen)
+    bundle = service.bundle
+    vocabulary = bundle.vocabulary
+    return CaptionResponse(
+        model=f"{bundle.name}:{bundle.version}",
+        caption=vocabulary.decode(outcome.tokens),
+        tokens=[vocabulary.words[token] for token in outcome.tokens],
+        token_exit_layers=list(outcome.exit_layers),
+        mean_exit_layer=sum(outcome.exit_layers) / max(len(outcome.exit_layers), 1),
+        num_layers=bundle.num_layers,
+        policy=chosen.name,
+    )
