@@ -70,6 +70,8 @@ def _build_captioner(args: argparse.Namespace) -> int:
     data = preset.data
     if args.scenes is not None:
         data = replace(data, num_scenes=args.scenes)
+    if args.fashion_mnist_dir:
+        data = replace(data, fashion_mnist_dir=args.fashion_mnist_dir)
     if args.coco_annotations or args.coco_images:
         data = replace(data, coco_annotations=args.coco_annotations, coco_images=args.coco_images)
     training = preset.training
@@ -186,6 +188,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--max-steps-per-epoch", type=int, help="cap each epoch (quick trials)")
     captions = build.add_argument_group("caption builds (--task caption)")
     captions.add_argument("--scenes", type=int, help="number of generated Fashion-MNIST scenes")
+    captions.add_argument("--fashion-mnist-dir", help="where Fashion-MNIST is (default: Debian's location)")
     captions.add_argument("--coco-annotations", help="COCO-format captions JSON, instead of generated scenes")
     captions.add_argument("--coco-images", help="the folder holding the COCO-format data's images")
     captions.add_argument("--encoder", choices=ENCODER_NAMES, help="image encoder (default: the preset's)")

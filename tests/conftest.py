@@ -10,6 +10,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
+from beem.captioning.caption_data import CaptionDataSource
+from beem.captioning.caption_presets import CaptionPreset, DecoderShape
+from beem.captioning.caption_trainer import CaptionTrainingConfig
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.presets import BuildPreset
 from beem.training.trainer import TrainingConfig
@@ -71,4 +74,49 @@ def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir:
     return build(tiny_preset(tiny_backbone_dir, tiny_data_file), root / "model_store", root / "run")
 
 
-__all__ = ["make_tiny_backbone", "replace", "tiny_preset"]
+def write_fake_fashion_mnist(directory: Path, count: int = 200, seed: int = 0) -> Path:
+    """Fashion-MNIST's file format (gzipped IDX) with seeded random 28x28 pictures, one blob shape per class, so
+    caption builds run in tests without the Debian package."""
+    import gzip
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(count) % 10).astype(np.uint8)
+    images = (rng.random((count, 28, 28)) * 80).astype(np.uint8)
+    for index, label in enumerate(labels):
+        images[index, 4 + label : 24, 4 : 24 - label] = 255  # a class-shaped bright block
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, array in (("train-images-idx3-ubyte.gz", images), ("train-labels-idx1-ubyte.gz", labels)):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+        with gzip.open(directory / name, "wb") as handle:
+            handle.write(header + array.tobytes())
+    return directory
+
+
+def tiny_caption_preset(fashion_dir: Path, num_scenes: int = 40) -> CaptionPreset:
+    return CaptionPreset(
+        name="tiny",
+        bundle_name="tiny-captioner",
+        encoder="tiny-cnn",
+        data=CaptionDataSource(num_scenes=num_scenes, fashion_mnist_dir=str(fashion_dir)),
+        decoder=DecoderShape(num_layers=3, hidden_size=32, num_heads=2, ffn_size=64, max_length=24, dropout=0.0),
+        training=CaptionTrainingConfig(backbone_epochs=2, exit_epochs=1, batch_size=16),
+    )
+
+
+@pytest.fixture(scope="session")
+def fake_fashion_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_fashion_mnist(tmp_path_factory.mktemp("fashion_mnist"))
+
+
+@pytest.fixture(scope="session")
+def tiny_caption_bundle_dir(tmp_path_factory: pytest.TempPathFactory, fake_fashion_mnist_dir: Path) -> Path:
+    """A 3-layer captioner built by the real caption builder (tiny CNN encoder, 40 generated scenes)."""
+    from beem.captioning.caption_builder import build_captioner_bundle
+
+    root = tmp_path_factory.mktemp("tiny_caption_build")
+    return build_captioner_bundle(tiny_caption_preset(fake_fashion_mnist_dir), root / "model_store", root / "run")
+
+
+__all__ = ["make_tiny_backbone", "replace", "tiny_caption_preset", "tiny_preset", "write_fake_fashion_mnist"]
