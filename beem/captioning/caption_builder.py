@@ -90,7 +90,8 @@ def build_captioner_bundle(preset: CaptionPreset, store_dir: Path, run_dir: Path
     shape = preset.decoder
     spec = DecoderSpec(vocab_size=vocabulary.size, num_layers=shape.num_layers, hidden_size=shape.hidden_size,
                        num_heads=shape.num_heads, ffn_size=shape.ffn_size, max_length=shape.max_length,
-                       image_feature_size=FEATURE_CHANNELS[preset.encoder], dropout=shape.dropout)  # fmt: skip
+                       image_feature_size=FEATURE_CHANNELS[preset.encoder], dropout=shape.dropout,
+                       suppressed_tokens=(vocabulary.pad_id, vocabulary.start_id))  # fmt: skip
     torch.manual_seed(preset.decoder_seed)
     captioner = MultiExitCaptioner(encoder, MultiExitDecoder(spec))
     round_trip_through_storage(captioner, storage_dtype)  # the frozen encoder as served, before its grids are cached

@@ -23,6 +23,7 @@ from beem.policies.exit_policies import ExitObservation, ExitPolicy, PolicyState
 class DecodedCaption:
     tokens: list[int]  # generated token ids, the end token included when it was produced
     exit_layers: list[int]  # 1-based exit layer of every generated token
+    complete: bool = True  # False: abandoned part-way (what it had generated, for accounting)
 
     @property
     def mean_exit_layer(self) -> float:
@@ -38,7 +39,7 @@ def decode_batch(
     end_token: int,
     max_new_tokens: int,
     abandoned: Callable[[int], bool] | None = None,  # row -> stop spending compute on it (its client left)
-    on_finished: Callable[[int, DecodedCaption | None], None] | None = None,  # called as soon as a row is done
+    on_finished: Callable[[int, DecodedCaption], None] | None = None,  # as soon as a row is done or abandoned
 ) -> list[DecodedCaption | None]:
     """Greedy decoding of a batch, every row with its own per-token early exit.
 
@@ -46,7 +47,8 @@ def decode_batch(
     rows. Within a step a row leaves the layer walk when its policy says so; at the following layers it only
     contributes keys and values computed from its exit state (state copying), and attention runs for the rows
     still walking. A row is finished at the end token or the length limit and leaves the batch at once, so its
-    answer never waits for longer captions. Abandoned rows leave too and get None."""
+    answer never waits for longer captions. Abandoned rows leave too: None in the result, and `on_finished` gets
+    what they had generated with `complete=False`."""
     num_rows, num_layers = image_features.shape[0], decoder.num_layers
     results: list[DecodedCaption | None] = [None] * num_rows
     rows = list(range(num_rows))  # original index of each row still decoding
@@ -57,39 +59,22 @@ def decode_batch(
     device = image_features.device
     newest = torch.full((num_rows, 1), start_token, dtype=torch.long, device=device)  # (R, 1)
     for position in range(min(max_new_tokens, decoder.spec.max_length)):
-        inputs = decoder.embed_tokens(newest, position)  # (R, 1, H): each row's input to the next layer
-        states = [PolicyState() for _ in rows]
-        labels = [-1] * len(rows)
-        running = list(range(len(rows)))  # positions (in `rows`) still walking the layers for this token
-        for index in range(num_layers):
-            selector = None if len(running) == len(rows) else torch.tensor(running, device=device)
-            outputs = decoder.step_layer(index, inputs, selector, caches[index], image_kv[index])  # (A, 1, H)
-            # An exited row's output is its exit state: the input every later layer copies its keys from.
-            inputs = outputs if selector is None else inputs.index_copy(0, selector, outputs)
-            observed = exit_summaries(decoder.exit_logits(index, outputs)[:, -1])  # 3 x (A,)
-            still = []
-            for slot, label, confidence, entropy in zip(running, *(t.tolist() for t in observed), strict=True):
-                row = rows[slot]
-                decision = policies[row].step(states[slot], ExitObservation(label, confidence, entropy), num_layers)
-                states[slot], labels[slot] = decision.state, label
-                if not decision.exit_now:
-                    still.append(slot)
-            running = still
-            if not running:
-                decoder.copy_state_to_skipped_layers(index, inputs, caches)
-                break
+        inputs = decoder.embed_tokens(newest, position)  # (R, 1, H): each row's input to the first layer
+        labels, states = _walk_layers(decoder, inputs, caches, image_kv, [policies[row] for row in rows])
         keep = []
         for slot, row in enumerate(rows):
             tokens[row].append(labels[slot])
             exit_layers[row].append(states[slot].layers_seen)
             done = labels[slot] == end_token or len(tokens[row]) >= max_new_tokens
             if done or (abandoned is not None and abandoned(row)):
-                results[row] = DecodedCaption(tokens[row], exit_layers[row]) if done else None
+                decoded = DecodedCaption(tokens[row], exit_layers[row], complete=done)
+                results[row] = decoded if done else None
                 if on_finished is not None:
-                    on_finished(row, results[row])
+                    on_finished(row, decoded)
             else:
                 keep.append(slot)
         if not keep:
+            rows = []
             break
         if len(keep) < len(rows):
             selector = torch.tensor(keep, device=device)
@@ -99,11 +84,44 @@ def decode_batch(
             rows = [rows[slot] for slot in keep]
         newest = torch.tensor([[labels[slot]] for slot in keep], dtype=torch.long, device=device)
     for row in rows:  # the decoder's own length limit ended the captions still running
-        if results[row] is None and not (abandoned is not None and abandoned(row)):
-            results[row] = DecodedCaption(tokens[row], exit_layers[row])
+        if results[row] is None:
+            decoded = DecodedCaption(tokens[row], exit_layers[row])
+            results[row] = decoded
             if on_finished is not None:
-                on_finished(row, results[row])
+                on_finished(row, decoded)
     return results
+
+
+def _walk_layers(
+    decoder: MultiExitDecoder,
+    inputs: torch.Tensor,  # (R, 1, H): the newest position's embedding for every row
+    caches: list[LayerCache],
+    image_kv: list[tuple[torch.Tensor, torch.Tensor]],
+    policies: list[ExitPolicy],  # one per row
+) -> tuple[list[int], list[PolicyState]]:
+    """One token for every row: walk the layers until each row's policy exits; every layer's cache still gets
+    every row's keys and values. Returns each row's token and final policy state (its exit layer)."""
+    num_rows, num_layers, device = inputs.shape[0], decoder.num_layers, inputs.device
+    states = [PolicyState() for _ in range(num_rows)]
+    labels = [-1] * num_rows
+    running = list(range(num_rows))  # rows still walking the layers for this token
+    for index in range(num_layers):
+        selector = None if len(running) == num_rows else torch.tensor(running, device=device)
+        outputs = decoder.step_layer(index, inputs, selector, caches[index], image_kv[index])  # (A, 1, H)
+        # An exited row's output is its exit state: the input every later layer copies its keys from.
+        inputs = outputs if selector is None else inputs.index_copy(0, selector, outputs)
+        observed = exit_summaries(decoder.exit_logits(index, outputs)[:, -1])  # 3 x (A,)
+        still = []
+        for row, label, confidence, entropy in zip(running, *(t.tolist() for t in observed), strict=True):
+            decision = policies[row].step(states[row], ExitObservation(label, confidence, entropy), num_layers)
+            states[row], labels[row] = decision.state, label
+            if not decision.exit_now:
+                still.append(row)
+        running = still
+        if not running:
+            decoder.copy_state_to_skipped_layers(index, inputs, caches)
+            break
+    return labels, states
 
 
 def decode_greedy(

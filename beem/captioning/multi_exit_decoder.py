@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+SUPPRESSED_LOGIT = -1e4
+
 
 @dataclass(frozen=True)
 class DecoderSpec:
@@ -29,6 +31,9 @@ class DecoderSpec:
     max_length: int = 32
     image_feature_size: int = 1280  # EfficientNet-Lite0's channels
     dropout: float = 0.1
+    # Tokens no exit may predict (<pad>, <start>): with the output projection tied to the embedding, an untrained
+    # or weak decoder would otherwise echo its <start> input.
+    suppressed_tokens: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -198,9 +203,13 @@ class MultiExitDecoder(nn.Module):
         return self._layer(index).step_rows(inputs, running, cache, image_kv)
 
     def exit_logits(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Exit `index` (0-based): (B, T, H) -> (B, T, vocab), through the embedding-tied output projection."""
+        """Exit `index` (0-based): (B, T, H) -> (B, T, vocab), through the embedding-tied output projection.
+        Suppressed tokens get SUPPRESSED_LOGIT: probability 0 in fp16 and fp32, and no NaN in an entropy."""
         norm: nn.LayerNorm = self.exit_norms[index]  # type: ignore[assignment]
-        return norm(hidden) @ self.token_embedding.weight.T
+        logits = norm(hidden) @ self.token_embedding.weight.T
+        if self.spec.suppressed_tokens:
+            logits[..., list(self.spec.suppressed_tokens)] = SUPPRESSED_LOGIT
+        return logits
 
     def copy_state_to_skipped_layers(self, exited_at: int, hidden: torch.Tensor, caches: list[LayerCache]) -> None:
         """A token left after layer `exited_at` (0-based) with hidden state (B, 1, H): give every later layer its

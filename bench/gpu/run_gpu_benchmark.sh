@@ -6,15 +6,7 @@
 # same comparison with the local environment (QUICK=1 for a smoke run), which is how it is tested here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PYTHON=${PYTHON:-python3}
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:$PWD"
-else
-  export PYTHONPATH="$PWD"
-fi
-export PYTHONUNBUFFERED=1
-"$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+source bench/gpu/gpu_env.sh
 args=(--out "${OUT:-bench/results}")
 [ -n "${QUICK:-}" ] && args+=(--quick)
 # A GPU answers far more requests a second than 2 CPU cores: sweep higher rates there.

@@ -57,12 +57,12 @@ class CaptionEngine(ModelWorker[LoadedCaptionBundle, CaptionWorkItem]):
         def abandoned(row: int) -> bool:
             return active[row].cancelled or active[row].deadline <= time.monotonic()
 
-        def finished(row: int, caption: DecodedCaption | None) -> None:
+        def finished(row: int, caption: DecodedCaption) -> None:
             item = active[row]
-            if caption is None:
-                self._drop(item, 0, "client_gone" if item.cancelled else "timeout")
-            else:
+            if caption.complete:
                 self._answer(item, caption)
+            else:  # abandoned part-way: count the decoder layers its tokens did run
+                self._drop(item, sum(caption.exit_layers), "client_gone" if item.cancelled else "timeout")
 
         decode_batch(self.bundle.captioner.decoder, features, [item.policy for item in active], vocabulary.start_id,
                      vocabulary.end_id, self.bundle.max_length, abandoned, finished)  # fmt: skip

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from beem.captioning.early_exit_decoding import decode_batch, decode_greedy, reference_decode
+from beem.captioning.early_exit_decoding import DecodedCaption, decode_batch, decode_greedy, reference_decode
 from beem.captioning.multi_exit_decoder import DecoderSpec, LayerCache, MultiExitDecoder
 from beem.policies.exit_policies import BeemPolicy, FullDepthPolicy, MaxProbPolicy, beem_c_weights
 
@@ -129,3 +129,28 @@ def test_the_length_limit_ends_every_caption() -> None:
     images = torch.cat([_image(row) for row in range(3)])
     decoded = decode_batch(decoder, images, [FullDepthPolicy()] * 3, START, end_token=-1, max_new_tokens=5)
     assert all(caption is not None and len(caption.tokens) == 5 for caption in decoded)
+
+
+@pytest.mark.parametrize("abandon_after_tokens", [1, 4, 5])
+def test_every_row_is_reported_once_and_an_abandoned_row_says_what_it_ran(abandon_after_tokens: int) -> None:
+    """Abandoned at any step, the last one (5) included: one report per row, and the partial caption's exits."""
+    decoder = _decoder(3)
+    images = torch.cat([_image(row) for row in range(3)])
+    reports: list[tuple[int, bool, int]] = []
+    counts = dict.fromkeys(range(3), 0)
+
+    def abandoned(row: int) -> bool:
+        counts[row] += 1
+        return row == 1 and counts[row] >= abandon_after_tokens
+
+    def report(row: int, caption: DecodedCaption) -> None:
+        reports.append((row, caption.complete, len(caption.exit_layers)))
+
+    decoded = decode_batch(decoder, images, [FullDepthPolicy()] * 3, START, -1, 5, abandoned, report)
+    assert sorted(row for row, _, _ in reports) == [0, 1, 2]
+    complete = {row: (done, length) for row, done, length in reports}
+    if abandon_after_tokens < 5:
+        assert decoded[1] is None and complete[1] == (False, abandon_after_tokens)
+    else:  # the length limit came with the same token: the caption is complete
+        assert decoded[1] is not None and complete[1] == (True, 5)
+    assert complete[0] == complete[2] == (True, 5)
