@@ -60,7 +60,7 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke run: both sides on the CPU)"
 
 
-def classification(bundle_dir: Path, gpu: str) -> dict[str, Any]:
+def classification(bundle_dir: Path, gpu: str, limit: int) -> dict[str, Any]:
     engines = {}
     for device, dtype in (("cpu", "float32"), ("cuda", "auto" if gpu == "cuda" else "float32")):
         metrics = ServiceMetrics(6)
@@ -70,7 +70,7 @@ def classification(bundle_dir: Path, gpu: str) -> dict[str, Any]:
         engines[device] = engine
     bundle = engines["cpu"].bundle
     assert bundle is not None
-    test = split_dataset(read_dataset(REPO_DATA_FILE)).test.examples
+    test = split_dataset(read_dataset(REPO_DATA_FILE)).test.examples[:limit]
     encoded = [bundle.tokenizer(e.text, truncation=True, max_length=bundle.max_length) for e in test]
 
     def run(engine: InferenceEngine, rows: list[int], policy: str) -> list[RowOutcome]:
@@ -101,8 +101,9 @@ def classification(bundle_dir: Path, gpu: str) -> dict[str, Any]:
             "mean_exit_layer_cuda": sum(o.exit_layer for o in cuda) / len(test),
         }
     fast = engines["cuda"]
-    result["batch1_ms"] = _interleaved_ms([[i] for i in range(200)], lambda rows, policy: run(fast, rows, policy))
-    batches = [list(range(start, start + 32)) for start in range(0, 640, 32)]
+    singles = [[i] for i in range(min(200, len(test)))]
+    result["batch1_ms"] = _interleaved_ms(singles, lambda rows, policy: run(fast, rows, policy))
+    batches = [list(range(start, start + 32)) for start in range(0, min(640, len(test)) - 31, 32)]
     result["batch32_ms"] = _interleaved_ms(batches, lambda rows, policy: run(fast, rows, policy))
     return result
 
@@ -163,12 +164,12 @@ def main() -> None:
     arguments.add_argument("task", choices=["classification", "caption"])
     arguments.add_argument("--bundle")
     arguments.add_argument("--images", help="caption: a folder of PNG images")
-    arguments.add_argument("--limit", type=int, default=300)
+    arguments.add_argument("--limit", type=int, default=2000, help="at most this many test texts or images")
     arguments.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     arguments.add_argument("--gpu", default="cuda", help="cpu: a smoke run of this script on a machine without one")
     args = arguments.parse_args()
     if args.task == "classification":
-        result = classification(resolve_bundle_dir(Path(args.bundle or DEFAULT_BUNDLE)), args.gpu)
+        result = classification(resolve_bundle_dir(Path(args.bundle or DEFAULT_BUNDLE)), args.gpu, args.limit)
     else:
         bundle = Path(args.bundle or REPO_ROOT / "model_store" / "lite0-fashion-scenes-captioner")
         result = caption(resolve_bundle_dir(bundle), Path(args.images), args.limit, args.gpu)

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 source bench/gpu/gpu_env.sh
 out="${OUT:-bench/results}"
 case "$1" in
-  classification) "$PYTHON" -m bench.gpu.cuda_checks classification --gpu "${GPU:-cuda}" --out "$out" ;;
-  caption) "$PYTHON" -m bench.gpu.cuda_checks caption --images "$2" --gpu "${GPU:-cuda}" --out "$out" ;;
+  classification) "$PYTHON" -m bench.gpu.cuda_checks classification --gpu "${GPU:-cuda}" --out "$out" ${LIMIT:+--limit $LIMIT} ;;
+  caption) "$PYTHON" -m bench.gpu.cuda_checks caption --images "$2" --gpu "${GPU:-cuda}" --out "$out" ${LIMIT:+--limit $LIMIT} ;;
   *) echo "usage: $0 classification | caption IMAGE_DIR" >&2; exit 2 ;;
 esac
