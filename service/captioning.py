@@ -28,6 +28,10 @@ class CaptionService:
 
     @property
     def bundle(self) -> LoadedCaptionBundle:
+        return self.ready_bundle()
+
+    def ready_bundle(self) -> LoadedCaptionBundle:
+        """The loaded bundle; 503 while the model is still loading."""
         if self.engine.bundle is None or not self.engine.health().warmed_up:
             raise NotReadyError("the model is still loading; retry shortly")
         return self.engine.bundle
@@ -36,7 +40,7 @@ class CaptionService:
         return choose_policy(self.bundle.manifest, spec)
 
     async def caption(self, request: Request, image_bytes: bytes, chosen: ChosenPolicy) -> CaptionOutcome:
-        self.bundle  # noqa: B018 (503 before decoding anything while the model loads)
+        self.ready_bundle()  # 503 before any decoding while the model loads
         image = await asyncio.to_thread(image_from_bytes, image_bytes, self.settings.max_image_pixels)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[CaptionOutcome] = loop.create_future()
