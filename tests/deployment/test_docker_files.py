@@ -112,7 +112,7 @@ def test_the_image_is_multi_stage_non_root_with_the_bundles_and_a_readiness_heal
     runtime = final_stage()
     users = [arguments for keyword, arguments in runtime if keyword == "USER"]
     assert users and users[-1] not in ("root", "0")
-    assert ("COPY", "--chown=root:root model_store /models") in runtime
+    assert ("COPY", "--chown=root:root --chmod=755 model_store /models") in runtime
     assert any(k == "COPY" and a.startswith("--from=build /opt/venv") for k, a in runtime)
     healthcheck = next(arguments for keyword, arguments in runtime if keyword == "HEALTHCHECK")
     assert "http://127.0.0.1:8000/readyz" in healthcheck
