@@ -79,6 +79,11 @@ class ModelWorker(ABC, Generic[BundleT, ItemT]):
         try:
             if torch_threads:
                 torch.set_num_threads(torch_threads)
+            if self.device.type == "cuda":
+                # cuDNN's attention builds an execution plan for every new (rows, length) shape, and serving makes
+                # new shapes all the time (batches fill unevenly, rows exit, captions grow a token per step): on an
+                # H100 a batch of captions took seconds in plan building. Flash / memory-efficient kernels do not.
+                torch.backends.cuda.enable_cudnn_sdp(False)
             self.bundle = self._load_bundle(bundle_path)
             if start_worker:
                 warmed = threading.Event()
