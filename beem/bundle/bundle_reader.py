@@ -18,13 +18,10 @@ from beem.policies.exit_policies import ExitPolicy
 from beem.policies.policy_registry import PolicyParameterError, build_policy
 
 
-@dataclass(frozen=True)
-class LoadedBundle:
-    directory: Path
+class ManifestFields:
+    """What every loaded bundle (any task) reads from its manifest."""
+
     manifest: dict[str, Any]
-    model: MultiExitModel
-    tokenizer: PreTrainedTokenizerBase
-    policies: dict[str, ExitPolicy]  # calibrated, by name
 
     @property
     def name(self) -> str:
@@ -35,16 +32,26 @@ class LoadedBundle:
         return str(self.manifest["version"])
 
     @property
-    def labels(self) -> list[str]:
-        return list(self.manifest["labels"])
-
-    @property
     def num_layers(self) -> int:
         return int(self.manifest["num_layers"])
 
     @property
     def max_length(self) -> int:
+        """Classification: tokens per input. Captioning: most tokens per generated caption, <end> included."""
         return int(self.manifest["max_length"])
+
+
+@dataclass(frozen=True)
+class LoadedBundle(ManifestFields):
+    directory: Path
+    manifest: dict[str, Any]
+    model: MultiExitModel
+    tokenizer: PreTrainedTokenizerBase
+    policies: dict[str, ExitPolicy]  # calibrated, by name
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
 
 
 def load_bundle(path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedBundle:

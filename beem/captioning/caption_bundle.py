@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from beem.bundle.bundle_reader import calibrated_policies
+from beem.bundle.bundle_reader import ManifestFields, calibrated_policies
 from beem.bundle.bundle_writer import write_bundle
 from beem.bundle.manifest import (
     CALIBRATION_FILE,
@@ -37,29 +37,12 @@ from beem.policies.exit_policies import ExitPolicy
 
 
 @dataclass(frozen=True)
-class LoadedCaptionBundle:
+class LoadedCaptionBundle(ManifestFields):
     directory: Path
     manifest: dict[str, Any]
     captioner: MultiExitCaptioner
     vocabulary: CaptionVocabulary
     policies: dict[str, ExitPolicy]  # calibrated, by name
-
-    @property
-    def name(self) -> str:
-        return str(self.manifest["name"])
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest["version"])
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.manifest["num_layers"])
-
-    @property
-    def max_length(self) -> int:
-        """Most tokens in a generated caption, the end token included."""
-        return int(self.manifest["max_length"])
 
 
 def captioner_state_for_storage(captioner: MultiExitCaptioner, storage_dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -23,10 +23,10 @@ TASK = "caption"
 
 
 class CaptionEngine(ModelWorker[LoadedCaptionBundle, CaptionWorkItem]):
+    task = TASK
+
     def _load_bundle(self, bundle_path: Path) -> LoadedCaptionBundle:
-        bundle = load_caption_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
-        self.metrics.model_info.labels(bundle.name, bundle.version, TASK).set(1)
-        return bundle
+        return load_caption_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
 
     @torch.inference_mode()
     def _warm_up(self) -> None:

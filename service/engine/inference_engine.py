@@ -25,10 +25,10 @@ TASK = "classification"
 class InferenceEngine(ModelWorker[LoadedBundle, WorkItem]):
     """The classification engine."""
 
+    task = TASK
+
     def _load_bundle(self, bundle_path: Path) -> LoadedBundle:
-        bundle = load_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
-        self.metrics.model_info.labels(bundle.name, bundle.version, TASK).set(1)
-        return bundle
+        return load_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
 
     @torch.inference_mode()
     def _warm_up(self) -> None:

@@ -12,10 +12,11 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 
+from beem.bundle.bundle_reader import ManifestFields
 from service.engine.batch_scheduler import BatchScheduler
 from service.engine.work_item import QueuedItem
 from service.metrics import ServiceMetrics
@@ -23,7 +24,7 @@ from service.metrics import ServiceMetrics
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ItemT = TypeVar("ItemT", bound=QueuedItem)
-BundleT = TypeVar("BundleT")
+BundleT = TypeVar("BundleT", bound=ManifestFields)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
 
 
 class ModelWorker(ABC, Generic[BundleT, ItemT]):
+    task: ClassVar[str]  # the `task` label of this engine's metrics
+
     def __init__(self, scheduler: BatchScheduler[ItemT], metrics: ServiceMetrics, device: str, dtype: str) -> None:
         self.scheduler = scheduler
         self.metrics = metrics
@@ -85,6 +88,7 @@ class ModelWorker(ABC, Generic[BundleT, ItemT]):
                 # H100 a batch of captions took seconds in plan building. Flash / memory-efficient kernels do not.
                 torch.backends.cuda.enable_cudnn_sdp(False)
             self.bundle = self._load_bundle(bundle_path)
+            self.metrics.model_info.labels(self.bundle.name, self.bundle.version, self.task).set(1)
             if start_worker:
                 warmed = threading.Event()
                 self._thread = threading.Thread(target=self._run, args=(warmed,), name="beem-engine", daemon=True)
