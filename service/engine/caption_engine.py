@@ -37,9 +37,6 @@ class CaptionEngine(ModelWorker[LoadedCaptionBundle, CaptionWorkItem]):
         decode_batch(self.bundle.captioner.decoder, features, [self.bundle.policies["full"]], vocabulary.start_id,
                      vocabulary.end_id, 2)  # fmt: skip
 
-    def _fail(self, item: CaptionWorkItem, reason: str) -> None:
-        item.drop(reason)
-
     @torch.inference_mode()
     def run_batch(self, batch: list[CaptionWorkItem]) -> None:
         assert self.bundle is not None
@@ -75,8 +72,3 @@ class CaptionEngine(ModelWorker[LoadedCaptionBundle, CaptionWorkItem]):
         self.metrics.layers_computed.labels(TASK).inc(sum(caption.exit_layers))
         self.metrics.layers_possible.labels(TASK).inc(self.bundle.num_layers * len(caption.exit_layers))
         item.on_done(CaptionOutcome(tuple(caption.tokens), tuple(caption.exit_layers)))
-
-    def _drop(self, item: CaptionWorkItem, layers_run: int, reason: str) -> None:
-        self.metrics.layers_computed.labels(TASK).inc(layers_run)
-        self.metrics.dropped_rows.labels(reason).inc()
-        item.drop(reason)

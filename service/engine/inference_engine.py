@@ -38,9 +38,6 @@ class InferenceEngine(ModelWorker[LoadedBundle, WorkItem]):
             encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
         )
 
-    def _fail(self, item: WorkItem, reason: str) -> None:
-        item.drop(reason)
-
     def _pad(self, batch: list[WorkItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         assert self.bundle is not None
         pad_id = self.bundle.tokenizer.pad_token_id or 0
@@ -123,12 +120,6 @@ class InferenceEngine(ModelWorker[LoadedBundle, WorkItem]):
             exit_layer=layer,
             exits=tuple(item.traces),
         ))  # fmt: skip
-
-    def _drop(self, item: WorkItem, layers_run: int, reason: str) -> None:
-        """A row nobody waits for: count the layers it cost, answer it as dropped."""
-        self.metrics.layers_computed.labels(TASK).inc(layers_run)
-        self.metrics.dropped_rows.labels(reason).inc()
-        item.drop(reason)
 
     def _account(self, item: WorkItem, layer: int) -> None:
         """An answered row: its exit layer, and compute used against what full depth would have used."""

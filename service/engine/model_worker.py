@@ -70,9 +70,12 @@ class ModelWorker(ABC, Generic[BundleT, ItemT]):
     def run_batch(self, batch: list[ItemT]) -> None:
         """Run one batch to the end, answering each row as soon as it is done. The worker thread's loop body."""
 
-    @abstractmethod
-    def _fail(self, item: ItemT, reason: str) -> None:
-        """Answer a row that could not be computed."""
+    def _drop(self, item: ItemT, layers_run: int, reason: str) -> None:
+        """A row nobody waits for, or that could not be computed: count the layers it cost, answer it as
+        dropped."""
+        self.metrics.layers_computed.labels(self.task).inc(layers_run)
+        self.metrics.dropped_rows.labels(reason).inc()
+        item.drop(reason)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -136,4 +139,4 @@ class ModelWorker(ABC, Generic[BundleT, ItemT]):
             except Exception as error:  # a bug must not kill the worker: answer the batch as failed, go on
                 log.exception("batch failed")
                 for item in batch:
-                    self._fail(item, f"error: {type(error).__name__}")
+                    item.drop(f"error: {type(error).__name__}")
