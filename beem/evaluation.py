@@ -13,7 +13,7 @@ from beem.calibration.paired_comparison import compare_paired
 from beem.calibration.policy_calibration import evaluate_policy
 from beem.policies.exit_policies import ExitPolicy
 from beem.policies.oracle import oracle_exit_layers
-from beem.policies.policy_registry import policy_params_json
+from beem.policies.policy_table import policy_params_json
 
 
 def evaluate_policies(cache: ExitCache, policies: dict[str, ExitPolicy]) -> dict[str, Any]:

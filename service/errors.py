@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from beem.policies.policy_registry import PolicyParameterError
+from beem.policies.policy_table import POLICY_NAMES, PolicyParameterError
 from service.engine.batch_scheduler import EngineClosedError, QueueFullError
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,20 @@ def error_response(
 
 
 def _validation_message(error: RequestValidationError) -> str:
+    """pydantic's errors, located by field. A policy's wire model is chosen by its name (a tagged union), so the
+    tag is left out of the location and named in the message where it matters."""
     parts = []
     for detail in error.errors()[:5]:
-        location = ".".join(str(step) for step in detail.get("loc", ()) if step != "body")
-        parts.append(f"{location or 'body'}: {detail.get('msg', 'invalid')}")
+        steps = [str(step) for step in detail.get("loc", ()) if step != "body"]
+        tag = next((step for step in steps if step in POLICY_NAMES), None)
+        location = ".".join(step for step in steps if step != tag) or "body"
+        if detail.get("type") == "union_tag_invalid":
+            parts.append(f"{location}.name: unknown policy {detail.get('ctx', {}).get('tag')!r}; expected one of "
+                         f"{', '.join(POLICY_NAMES)}")  # fmt: skip
+        elif detail.get("type") == "extra_forbidden" and tag is not None:
+            parts.append(f"{location} does not apply to policy {tag!r}")
+        else:
+            parts.append(f"{location}: {detail.get('msg', 'invalid')}")
     return "; ".join(parts)
 
 

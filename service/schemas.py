@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, TypeAdapter, create_model
 
-from beem.policies.policy_registry import POLICY_NAMES
-
-PolicyName = Literal["beem-a", "beem-c", "max-prob", "entropy", "patience", "static", "full"]
-assert set(PolicyName.__args__) == set(POLICY_NAMES)  # type: ignore[attr-defined]
+from beem.policies.policy_table import POLICY_TABLE, PolicyDefinition
 
 
-class PolicySpec(BaseModel):
+class PolicyRequest(BaseModel):
     """Which exit rule a request uses. Omitted parameters take the bundle's calibrated values."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: PolicyName
-    alpha: float | None = Field(None, ge=0, description="beem-a / beem-c: exit once the score reaches alpha")
-    threshold: float | None = Field(
-        None, ge=0, description="max-prob: minimum max probability (<= 1); entropy: maximum entropy in nats"
-    )
-    patience: int | None = Field(None, ge=0, le=1024, description="patience: agreeing exits in a row")
-    layer: int | None = Field(None, ge=1, description="static: the layer every sample exits at")
+    name: str
+
+    def overrides(self) -> dict[str, object]:
+        """The parameters this request sets, by their names in the policy table."""
+        return self.model_dump(exclude={"name"}, exclude_none=True)
+
+
+def _request_model(definition: PolicyDefinition) -> type[PolicyRequest]:
+    """One wire model per policy of the table: its name as the tag, its per-request parameters with their
+    ranges (a bound that depends on the model, such as static's layer, is checked against the loaded bundle)."""
+    fields: dict[str, Any] = {"name": (Literal[definition.name], Field(description=definition.summary))}
+    for parameter in definition.request_parameters:
+        low = parameter.low if math.isfinite(parameter.low) else None
+        high = parameter.high if math.isfinite(parameter.high) else None
+        kind = int if parameter.kind == "whole" else float
+        fields[parameter.name] = (kind | None, Field(None, description=parameter.description, ge=low, le=high))
+    title = "".join(part.capitalize() for part in definition.name.split("-")) + "Policy"
+    return create_model(title, __base__=PolicyRequest, **fields)
+
+
+POLICY_REQUEST_MODELS = tuple(_request_model(definition) for definition in POLICY_TABLE.values())
+if TYPE_CHECKING:
+    PolicySpec = PolicyRequest
+else:
+    PolicySpec = Annotated[Union[POLICY_REQUEST_MODELS], Field(discriminator="name")]  # noqa: UP007
+POLICY_SPEC = TypeAdapter(PolicySpec)
 
 
 class ClassifyRequest(BaseModel):

@@ -15,7 +15,7 @@ from beem.bundle.manifest import TOKENIZER_DIR, WEIGHTS_FILE, BundleError, read_
 from beem.model.exit_heads import ExitHeadSpec
 from beem.model.multi_exit_model import MultiExitModel
 from beem.policies.exit_policies import ExitPolicy
-from beem.policies.policy_registry import PolicyParameterError, build_policy
+from beem.policies.policy_table import PolicyParameterError, build_policy
 
 
 class ManifestFields:

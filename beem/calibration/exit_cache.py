@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from beem.data.examples import LabelledDataset
 from beem.data.tokenized_batch import tokenize_examples
 from beem.model.multi_exit_model import MultiExitModel
+from beem.policies.array_policies import ExitObservations, summarize_exits
 from beem.policies.exit_policies import ExitObservation
 
 
@@ -50,6 +51,14 @@ class ExitCache:
             )
         ]
 
+    def exit_observations(self, layer: int) -> ExitObservations:
+        """What exit `layer` (0-based) said about every sample, as the array-form policies read it."""
+        return ExitObservations(
+            torch.from_numpy(self.exit_labels[:, layer].astype(np.int64)),
+            torch.from_numpy(self.confidences[:, layer].astype(np.float64)),
+            torch.from_numpy(self.entropies[:, layer].astype(np.float64)),
+        )
+
     def take(self, rows: np.ndarray) -> ExitCache:
         return ExitCache(self.exit_labels[rows], self.confidences[rows], self.entropies[rows], self.targets[rows])
 
@@ -76,15 +85,6 @@ class ExitCache:
         )
 
 
-def exit_summaries(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(..., C) logits -> labels, max probabilities and entropies, each (...). Shared with the server."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    probs = log_probs.exp()
-    confidences, labels = probs.max(dim=-1)
-    entropies = -(probs * log_probs).sum(dim=-1)
-    return labels, confidences, entropies
-
-
 @torch.inference_mode()
 def compute_exit_cache(
     model: MultiExitModel,
@@ -98,7 +98,7 @@ def compute_exit_cache(
     for start in range(0, len(dataset), batch_size):
         batch = tokenize_examples(tokenizer, dataset.examples[start : start + batch_size], max_length)
         logits = model.all_exit_logits(batch.input_ids, batch.attention_mask, batch.token_type_ids)  # (L, B, C)
-        batch_labels, batch_confidences, batch_entropies = exit_summaries(logits.transpose(0, 1))  # (B, L) each
+        batch_labels, batch_confidences, batch_entropies = summarize_exits(logits.transpose(0, 1))  # (B, L) each
         labels.append(batch_labels.numpy())
         confidences.append(batch_confidences.double().numpy())
         entropies.append(batch_entropies.double().numpy())

@@ -7,7 +7,6 @@ the Theorem 3.1 terms are kept so the report can show why a threshold was chosen
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,19 +22,9 @@ from beem.calibration.threshold_search import (
     score_trajectories,
     search_threshold,
 )
-from beem.policies.exit_policies import (
-    BeemPolicy,
-    EntropyPolicy,
-    ExitPolicy,
-    FullDepthPolicy,
-    MaxProbPolicy,
-    PatiencePolicy,
-    StaticPolicy,
-    beem_a_weights,
-    beem_c_weights,
-)
+from beem.policies.exit_policies import BeemPolicy, ExitPolicy
 from beem.policies.oracle import oracle_exit_layers
-from beem.policies.policy_registry import json_number, policy_params_json
+from beem.policies.policy_table import POLICY_TABLE, CalibrationStart, json_number, policy_params_json
 
 CURVE_POINTS_KEPT = 200
 
@@ -56,30 +45,16 @@ class CalibratedPolicy:
     search: ThresholdSearch | None  # None for full depth, which has nothing to choose
 
 
-def uncalibrated_policies(cache: ExitCache, options: CalibrationOptions) -> list[ExitPolicy]:
-    """Every serving policy with the weights it needs and a placeholder threshold."""
-    num_layers = cache.num_layers
-    return [
-        BeemPolicy(
-            "beem-a",
-            beem_a_weights(cache.exit_accuracies().tolist()),
-            math.inf,
-            options.count_first_exit,
-            options.reset,
-        ),
-        BeemPolicy("beem-c", beem_c_weights(num_layers), math.inf, options.count_first_exit, options.reset),
-        MaxProbPolicy(math.inf),
-        EntropyPolicy(-math.inf),
-        PatiencePolicy(math.inf),
-        StaticPolicy(num_layers),
-        FullDepthPolicy(),
-    ]
-
-
 def calibrate_policies(cache: ExitCache, options: CalibrationOptions) -> dict[str, CalibratedPolicy]:
+    """Every policy of the table, from its starting point (weights, placeholder threshold) to its chosen
+    threshold."""
+    start = CalibrationStart(
+        cache.num_layers, tuple(cache.exit_accuracies().tolist()), options.count_first_exit, options.reset
+    )
     calibrated: dict[str, CalibratedPolicy] = {}
-    for policy in uncalibrated_policies(cache, options):
-        if isinstance(policy, FullDepthPolicy):
+    for definition in POLICY_TABLE.values():
+        policy = definition.starting_point(start)
+        if not definition.searched:
             calibrated[policy.name] = CalibratedPolicy(policy, None)
             continue
         search = search_threshold(

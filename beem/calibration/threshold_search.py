@@ -1,8 +1,8 @@
 """Choose a policy's threshold from an exit cache (DESIGN 3.3, steps 2-5).
 
-The policy's own `update` is replayed over every cached sample to get its score trajectory (N, L); a threshold t
-then sends sample n out at the first layer whose score is >= t, exactly as `ExitPolicy.step` would online. Each
-distinct score value is a distinct candidate, so the scan is exact rather than a grid.
+The serving code's array-form `fold` runs over the cached exits of every sample to get its score trajectory (N, L);
+a threshold t then sends sample n out at the first layer where the serving code's `reaches_exit` holds, exactly as
+the engine decides online. Each distinct score value is a distinct candidate, so the scan is exact, not a grid.
 
 Selection rules:
 - "per-exit" (the paper): for every early exit t with at least `min_count` samples, the error rate of the samples
@@ -23,9 +23,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from beem.calibration.exit_cache import ExitCache
-from beem.policies.exit_policies import ExitPolicy, PolicyState
+from beem.policies.array_policies import RowPolicies, RowStates, fold, reaches_exit
+from beem.policies.exit_policies import ExitPolicy
 
 SELECTION_RULES = ("per-exit", "paired", "paired-bound")
 DEFAULT_ACCURACY_BUDGET = 0.005
@@ -61,21 +63,23 @@ class ExitOutcome:
 
 
 def score_trajectories(policy: ExitPolicy, cache: ExitCache) -> np.ndarray:
-    """(N, L) score of every sample after every exit, computed by the policy's own `update`."""
-    scores = np.empty((cache.num_samples, cache.num_layers), dtype=np.float64)
-    for sample in range(cache.num_samples):
-        state = PolicyState()
-        for layer, observation in enumerate(cache.observations(sample)):
-            state = policy.update(state, observation)
-            scores[sample, layer] = state.score
-    return scores
+    """(N, L) score of every sample after every exit, folded by the array form the engine decides with."""
+    policies = RowPolicies.repeated(policy, cache.num_samples, cache.num_layers)
+    states = RowStates.fresh(cache.num_samples)
+    scores = torch.empty((cache.num_samples, cache.num_layers), dtype=torch.float64)
+    for layer in range(cache.num_layers):
+        states = fold(states, cache.exit_observations(layer), policies)
+        scores[:, layer] = states.score
+    return scores.numpy()
 
 
 def exit_layers_at(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """(N, L) scores -> (N,) 1-based exit layers: first score >= threshold, else the last layer."""
-    reached = scores >= threshold
-    reached[:, -1] = True
-    return np.argmax(reached, axis=1) + 1
+    """(N, L) scores -> (N,) 1-based exit layers: the first layer where the engine's exit test holds for this
+    threshold (the last layer always does)."""
+    num_layers = scores.shape[1]
+    layers_seen = torch.arange(1, num_layers + 1)  # (L,): after exit i, i exits have been seen
+    reached = reaches_exit(torch.from_numpy(scores), layers_seen, threshold, num_layers)  # (N, L)
+    return reached.to(torch.uint8).argmax(dim=1).numpy() + 1
 
 
 def outcome_at(cache: ExitCache, scores: np.ndarray, threshold: float) -> ExitOutcome:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from beem.calibration.exit_cache import exit_summaries
 from beem.captioning.multi_exit_decoder import LayerCache, MultiExitDecoder
+from beem.policies.array_policies import summarize_exits as exit_summaries
 from beem.policies.exit_policies import ExitObservation, ExitPolicy, PolicyState
 
 

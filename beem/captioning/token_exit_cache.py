@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from beem.calibration.exit_cache import ExitCache, exit_summaries
+from beem.calibration.exit_cache import ExitCache
 from beem.captioning.multi_exit_decoder import MultiExitDecoder
+from beem.policies.array_policies import summarize_exits
 
 
 @torch.inference_mode()
@@ -36,7 +37,7 @@ def token_exit_cache(
         grids = features[torch.as_tensor(image_of[start : start + batch_size])]  # (B, P, C)
         logits = decoder.forward_all_exits(inputs, grids)  # (L, B, T, V)
         keep = (next_tokens != pad_id).reshape(-1)  # (B*T,)
-        exit_labels, exit_confidences, exit_entropies = exit_summaries(logits.permute(1, 2, 0, 3))  # (B, T, L)
+        exit_labels, exit_confidences, exit_entropies = summarize_exits(logits.permute(1, 2, 0, 3))  # (B, T, L)
         num_layers = logits.shape[0]
         labels.append(exit_labels.reshape(-1, num_layers)[keep].numpy())
         confidences.append(exit_confidences.reshape(-1, num_layers)[keep].double().numpy())

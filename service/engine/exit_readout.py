@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from beem.calibration.exit_cache import exit_summaries
+from beem.policies.array_policies import summarize_exits as exit_summaries
 
 PYTHON_MATH_MAX_LABELS = 64
 

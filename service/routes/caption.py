@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from service.errors import InputValidationError, UnsupportedMediaError
 from service.image_input import decode_base64
 from service.routes.dependencies import Captioning, require_api_key
-from service.schemas import CaptionRequest, CaptionResponse, ErrorBody, PolicySpec
+from service.schemas import POLICY_SPEC, CaptionRequest, CaptionResponse, ErrorBody, PolicySpec
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 415, 422, 429, 503, 504)}
@@ -46,7 +46,7 @@ async def _multipart(request: Request) -> tuple[bytes, PolicySpec | None]:
     if policy is not None and not isinstance(policy, str):
         raise InputValidationError("policy: a JSON text form field, not a file")
     try:
-        return data, PolicySpec.model_validate_json(policy) if policy else None
+        return data, POLICY_SPEC.validate_json(policy) if policy else None
     except ValidationError as error:
         raise RequestValidationError([{**e, "loc": ("policy", *e["loc"])} for e in error.errors()]) from error
 

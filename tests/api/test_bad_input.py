@@ -27,7 +27,11 @@ LONG_TEXT = "words " * 40  # over the fixture's 16-token limit
         ({"inputs": LONG_TEXT}, 422, "tokens; the limit is 16"),
         ({"inputs": "ok", "policy": {"name": "nope"}}, 422, "policy.name"),
         ({"inputs": "ok", "policy": {"name": "beem-a", "alpha": -1}}, 422, "alpha"),
-        ({"inputs": "ok", "policy": {"name": "max-prob", "threshold": 2}}, 422, "at most 1"),
+        (
+            {"inputs": "ok", "policy": {"name": "max-prob", "threshold": 2}},
+            422,
+            "policy.threshold: Input should be less than or equal to 1",
+        ),
         ({"inputs": "ok", "policy": {"name": "max-prob", "alpha": 1}}, 422, "does not apply"),
         ({"inputs": "ok", "policy": {"name": "static", "layer": 9}}, 422, "layer"),
         ({"inputs": "ok", "max_layers": 4}, 422, "the model has 3 layers"),

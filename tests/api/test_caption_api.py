@@ -137,7 +137,7 @@ def test_bad_uploads_get_a_4xx_with_a_reason(
         ({"json": {"image": "not base64 !!"}}, 422, "not valid base64"),
         ({"json": {"picture": "AAAA"}}, 422, "image"),
         ({"json": {"image": "AAAA", "policy": {"name": "nope"}}}, 422, "policy.name"),
-        ({"json": {"image": "AAAA", "policy": {"name": "max-prob", "threshold": 3}}}, 422, "at most 1"),
+        ({"json": {"image": "AAAA", "policy": {"name": "max-prob", "threshold": 3}}}, 422, "less than or equal to 1"),
         ({"files": {"file": ("x.png", b"123", "image/png")}}, 422, "file part named 'image'"),
         ({"files": {"image": ("x.png", b"123", "image/png")}, "data": {"policy": "{not json"}}, 422, "policy"),
         ({"content": b"\x89PNG", "headers": {"content-type": "image/png"}}, 415, "multipart/form-data"),

@@ -14,7 +14,7 @@ from beem.data.examples import read_dataset
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import split_dataset
 from beem.policies.exit_policies import run_sample
-from beem.policies.policy_registry import build_policy
+from beem.policies.policy_table import build_policy
 from service.settings import DEFAULT_BUNDLE, ServerSettings
 from tests.api.conftest import ready_client
 

@@ -26,5 +26,9 @@ def test_beem_never_imports_the_server_or_http(path: Path) -> None:
 
 
 def test_policies_import_no_tensor_library() -> None:
-    for name in ("exit_policies.py", "policy_registry.py"):
+    """The per-sample reference and the policy table are pure Python; the array form is torch, never HTTP."""
+    for name in ("exit_policies.py", "policy_table.py"):
         assert not _imported_roots(BEEM_DIR / "policies" / name) & {"torch", "numpy", "fastapi"}, name
+    array_form = _imported_roots(BEEM_DIR / "policies" / "array_policies.py")
+    assert "torch" in array_form
+    assert not array_form & {"fastapi", "starlette", "service"}

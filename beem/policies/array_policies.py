@@ -1,0 +1,166 @@
+"""Exit decisions in array form (DESIGN 5.1): one call decides a whole group of rows, on CPU or CUDA.
+
+Each row carries its own state (`RowStates`) and parameters (`RowPolicies`), so rows of different policies and
+thresholds share one call: every rule's score is computed for every row and each row keeps the one its
+`ArrayRule` names. A call is a fixed handful of tensor ops whatever the number of rows, with no Python per row.
+
+The per-sample `ExitPolicy.step` (exit_policies.py) stays the readable definition; a property test holds this form
+equal to it decision for decision (tests/unit/test_array_policies.py). Scores, thresholds and weights are float64,
+like the reference's Python floats, so the two agree bit for bit; the exit heads' confidences are computed in
+float32 (as the calibration cache stores them) and widened, so serving decides on the numbers calibration saw.
+
+Calibration's threshold scan runs the same `fold` over the cached exits and the same `reaches_exit` per candidate
+threshold (beem/calibration/threshold_search.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from beem.policies.exit_policies import BeemPolicy, ExitPolicy
+from beem.policies.policy_table import RULE_OF_CLASS
+
+NO_LABEL = -1  # previous_label of a row that has seen no exit yet
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Row-aligned tensors (first dimension = row): select, concatenate, move as one."""
+
+    def take(self, rows: torch.Tensor) -> _Rows:
+        """Keep `rows`: a 1-D index tensor or a (R,) bool mask."""
+        return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def cat(self, other: _Rows) -> _Rows:
+        return replace(
+            self, **{f.name: torch.cat((getattr(self, f.name), getattr(other, f.name))) for f in fields(self)}
+        )
+
+    def to(self, device: torch.device) -> _Rows:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @property
+    def num_rows(self) -> int:
+        return int(getattr(self, fields(self)[0].name).shape[0])
+
+
+@dataclass(frozen=True)
+class ExitObservations(_Rows):
+    """What one exit head said about each row."""
+
+    labels: torch.Tensor  # (R,) int64, argmax
+    confidences: torch.Tensor  # (R,) float64, max probability
+    entropies: torch.Tensor  # (R,) float64, nats
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor) -> ExitObservations:
+        """(R, C) logits of any dtype -> observations computed in float32, widened to float64."""
+        labels, confidences, entropies = summarize_exits(logits)
+        return cls(labels, confidences.double(), entropies.double())
+
+
+def summarize_exits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(..., C) logits -> labels, max probabilities and entropies, each (...), in float32. Shared by the exit
+    cache (calibration) and serving, so both see the same numbers."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    probs = log_probs.exp()
+    confidences, labels = probs.max(dim=-1)
+    entropies = -(probs * log_probs).sum(dim=-1)
+    return labels, confidences, entropies
+
+
+@dataclass(frozen=True)
+class RowPolicies(_Rows):
+    """Per-row exit parameters, from each row's reference policy and depth limit."""
+
+    rule: torch.Tensor  # (R,) int64 ArrayRule
+    threshold: torch.Tensor  # (R,) float64: exit once the score reaches it
+    weights: torch.Tensor  # (R, L) float64: BEEM's w_1..w_L (zeros for other rules)
+    count_first_exit: torch.Tensor  # (R,) bool: BEEM's first exit adds w_1*C_1 (else 0)
+    restart_on_disagree: torch.Tensor  # (R,) bool: BEEM's disagreement restarts at w_i*C_i (else 0)
+    last_layer: torch.Tensor  # (R,) int64: the deepest layer the row may run, 1-based
+
+    @classmethod
+    def of(
+        cls, policies: Sequence[ExitPolicy], last_layers: Sequence[int], num_layers: int, device: torch.device | str
+    ) -> RowPolicies:
+        """One row per policy (the same policy object may repeat). Python work per row, once, at admission."""
+        no_weights = (0.0,) * num_layers
+        beem = [p if isinstance(p, BeemPolicy) else None for p in policies]
+        return cls(
+            rule=torch.tensor([int(RULE_OF_CLASS[type(p)]) for p in policies], dtype=torch.int64, device=device),
+            threshold=torch.tensor([p.threshold for p in policies], dtype=torch.float64, device=device),
+            weights=torch.tensor([b.weights if b else no_weights for b in beem], dtype=torch.float64, device=device)
+            .reshape(len(policies), num_layers),
+            count_first_exit=torch.tensor([b.count_first_exit if b else True for b in beem], device=device),
+            restart_on_disagree=torch.tensor([b.reset == "restart" if b else True for b in beem], device=device),
+            last_layer=torch.tensor(list(last_layers), dtype=torch.int64, device=device),
+        )  # fmt: skip
+
+    @classmethod
+    def repeated(
+        cls, policy: ExitPolicy, count: int, num_layers: int, device: torch.device | str = "cpu"
+    ) -> RowPolicies:
+        """`count` rows of one policy, each allowed every layer (calibration's view of a cached split)."""
+        one = cls.of([policy], [num_layers], num_layers, device)
+        return replace(one, **{f.name: getattr(one, f.name).expand(count, *getattr(one, f.name).shape[1:])
+                               for f in fields(one)})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RowStates(_Rows):
+    """Per-row policy state between layers (the reference's `PolicyState`, plus the agreeing run)."""
+
+    score: torch.Tensor  # (R,) float64: the score after the last exit seen
+    previous_label: torch.Tensor  # (R,) int64: the last exit's label, NO_LABEL before the first
+    agreeing_run: torch.Tensor  # (R,) int64: consecutive exits that agreed with their predecessor
+    layers_seen: torch.Tensor  # (R,) int64: exits folded in so far
+
+    @classmethod
+    def fresh(cls, count: int, device: torch.device | str = "cpu") -> RowStates:
+        zeros = torch.zeros(count, dtype=torch.int64, device=device)
+        return cls(torch.zeros(count, dtype=torch.float64, device=device), zeros - 1, zeros, zeros)
+
+
+def fold(states: RowStates, observed: ExitObservations, policies: RowPolicies) -> RowStates:
+    """Fold the next exit's observation into every row's score (`ExitPolicy.update`, all rules at once)."""
+    first = states.previous_label == NO_LABEL
+    agree = observed.labels == states.previous_label  # never true on a first exit: labels are >= 0
+    # BEEM (DESIGN 3.1): accumulate w_i * C_i while neighbours agree; a first exit or a disagreement starts again.
+    weight = policies.weights.gather(1, states.layers_seen.unsqueeze(1)).squeeze(1)  # (R,) w_i, i = this exit
+    contribution = weight * observed.confidences
+    keeps_contribution = torch.where(first, policies.count_first_exit, policies.restart_on_disagree)
+    beem = torch.where(agree, states.score + contribution, torch.where(keeps_contribution, contribution, 0.0))
+    run = torch.where(agree, states.agreeing_run + 1, 0)
+    layers_seen = states.layers_seen + 1
+    # One candidate per ArrayRule, in its order; each row keeps its own rule's.
+    candidates = torch.stack(
+        (beem, observed.confidences, -observed.entropies, run.double(), layers_seen.double()), dim=1
+    )  # (R, len(ArrayRule))
+    score = candidates.gather(1, policies.rule.unsqueeze(1)).squeeze(1)
+    return RowStates(score, observed.labels, run, layers_seen)
+
+
+def reaches_exit(
+    score: torch.Tensor, layers_seen: torch.Tensor, threshold: torch.Tensor | float, last_layer: torch.Tensor | int
+) -> torch.Tensor:
+    """A row leaves once its score reaches its threshold, or at the last layer it may run (any broadcastable
+    shapes: the engine's (R,), calibration's (N, L) against one candidate threshold)."""
+    return (score >= threshold) | (layers_seen >= last_layer)
+
+
+def decide(states: RowStates, observed: ExitObservations, policies: RowPolicies) -> tuple[RowStates, torch.Tensor]:
+    """`ExitPolicy.step` for a whole group: the new states and a (R,) bool, True for rows that exit now."""
+    folded = fold(states, observed, policies)
+    return folded, reaches_exit(folded.score, folded.layers_seen, policies.threshold, policies.last_layer)
+
+
+def advance_without_exit_head(states: RowStates) -> RowStates:
+    """A layer whose exit head was skipped because no row can use it: only depth-only rows (static, full) that do
+    not leave at this layer, so only the depth moves (the reference's `BLIND_OBSERVATION`)."""
+    layers_seen = states.layers_seen + 1
+    return RowStates(layers_seen.double(), torch.full_like(layers_seen, NO_LABEL), torch.zeros_like(layers_seen),
+                     layers_seen)  # fmt: skip
