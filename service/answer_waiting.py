@@ -10,19 +10,22 @@ from typing import Protocol, TypeVar
 
 from fastapi import Request
 
-from service.errors import ClientGoneError, RequestTimeoutError
+from service.engine.row_outcome import CaptionAnswer, ClassAnswer, Dropped, RowFate, RowOutcome
+from service.errors import (
+    ClientGoneError,
+    EngineFailureError,
+    RequestTimeoutError,
+    ServiceError,
+    ShuttingDownError,
+)
 
 DISCONNECT_POLL_S = 0.05
 OutcomeT = TypeVar("OutcomeT")
+AnswerT = TypeVar("AnswerT", ClassAnswer, CaptionAnswer)
 
 
 class Cancellable(Protocol):
     cancelled: bool
-
-
-class Dropped(Protocol):
-    @property
-    def dropped(self) -> str | None: ...
 
 
 def resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[OutcomeT]) -> Callable[[OutcomeT], None]:
@@ -42,34 +45,47 @@ def _set_once(future: asyncio.Future[OutcomeT], outcome: OutcomeT) -> None:
 async def wait_for_outcomes(
     request: Request,
     items: Sequence[Cancellable],
-    futures: list[asyncio.Future[OutcomeT]],
+    futures: list[asyncio.Future[RowOutcome]],
     timeout_s: float,
-) -> list[OutcomeT]:
-    """Every row's outcome; 499 when the client left, 504 past the deadline (the rows are flagged either way, so
-    the engine spends nothing more on them)."""
-    watcher = asyncio.create_task(_cancel_when_client_leaves(request, items))
+    on_client_gone: Callable[[], None],
+    answer_type: type[AnswerT],
+) -> list[AnswerT]:
+    """Every row's answer, or the error for the first row that has none: 499 when the client left, 504 past the
+    deadline (the engine drops the rows at its next step, counting them as timed out), 503 at shutdown, 500 when
+    the engine step failed."""
+    watcher = asyncio.create_task(_cancel_when_client_leaves(request, items, on_client_gone))
     try:
         outcomes = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
     except TimeoutError as error:
-        for item in items:
-            item.cancelled = True
         raise RequestTimeoutError(f"not answered within {timeout_s} s") from error
     finally:
         watcher.cancel()
-    dropped = next((o.dropped for o in outcomes if o.dropped), None)  # type: ignore[attr-defined]
-    if dropped == "client_gone":
-        raise ClientGoneError("the client closed the connection")
-    if dropped == "timeout":
-        raise RequestTimeoutError(f"not answered within {timeout_s} s")
-    if dropped is not None:
-        raise RuntimeError(f"engine could not answer: {dropped}")
-    return list(outcomes)
+    answers = []
+    for outcome in outcomes:
+        if isinstance(outcome, Dropped):
+            raise _error_for(outcome, timeout_s)
+        assert isinstance(outcome, answer_type)
+        answers.append(outcome)
+    return answers
 
 
-async def _cancel_when_client_leaves(request: Request, items: Sequence[Cancellable]) -> None:
+def _error_for(dropped: Dropped, timeout_s: float) -> ServiceError:
+    if dropped.fate is RowFate.CLIENT_GONE:
+        return ClientGoneError("the client closed the connection")
+    if dropped.fate is RowFate.TIMEOUT:
+        return RequestTimeoutError(f"not answered within {timeout_s} s")
+    if dropped.fate is RowFate.SHUTDOWN:
+        return ShuttingDownError("the server is shutting down")
+    return EngineFailureError(f"the engine failed on this request ({dropped.detail or dropped.fate})")
+
+
+async def _cancel_when_client_leaves(
+    request: Request, items: Sequence[Cancellable], on_client_gone: Callable[[], None]
+) -> None:
     """Poll for a disconnect while rows are in flight; the engine then drops them before its next step."""
     with contextlib.suppress(asyncio.CancelledError):
         while not await request.is_disconnected():
             await asyncio.sleep(DISCONNECT_POLL_S)
         for item in items:
             item.cancelled = True
+        on_client_gone()

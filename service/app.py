@@ -20,10 +20,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from beem.bundle.manifest import read_manifest, resolve_bundle_dir
 from service.captioning import CaptionService
 from service.classification import ClassificationService
-from service.engine.batch_scheduler import BatchScheduler
+from service.engine.admission_queue import AdmissionLimits, AdmissionQueue
 from service.engine.caption_engine import CaptionEngine
+from service.engine.drain_rate import DrainRate
 from service.engine.inference_engine import InferenceEngine
-from service.engine.work_item import CaptionWorkItem, WorkItem
+from service.engine.row_ledger import RowLedger
+from service.engine.step_engine import EngineBudget
 from service.errors import error_response, install_error_handlers
 from service.metrics import ServiceMetrics
 from service.routes import caption, classify, operations, predict
@@ -36,14 +38,8 @@ COUNTED_ROUTES = ("/v1/classify", "/predict", "/v1/caption", "/v1/models")
 def create_app(settings: ServerSettings) -> FastAPI:
     """A classification or a caption server, by the bundle's task: each gets its engine and its routes."""
     manifest = read_manifest(resolve_bundle_dir(settings.bundle))
-    metrics = ServiceMetrics(int(manifest["num_layers"]))
-    batching = (settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_batch_tokens,
-                settings.max_queue, metrics)  # fmt: skip
-    engine: InferenceEngine | CaptionEngine
-    if manifest["task"] == "caption":
-        engine = CaptionEngine(BatchScheduler[CaptionWorkItem](*batching), metrics, settings.device, settings.dtype)
-    else:
-        engine = InferenceEngine(BatchScheduler[WorkItem](*batching), metrics, settings.device, settings.dtype)
+    engine = build_engine(settings, str(manifest["task"]), int(manifest["num_layers"]))
+    metrics = engine.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +74,18 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
+
+
+def build_engine(settings: ServerSettings, task: str, num_layers: int) -> InferenceEngine | CaptionEngine:
+    """The engine of a bundle's task, with its admission queue, ledger and drain rate, from the settings."""
+    metrics = ServiceMetrics(num_layers)
+    engine_class = CaptionEngine if task == "caption" else InferenceEngine
+    ledger = RowLedger(metrics, engine_class.task, num_layers)
+    drain = DrainRate()
+    limits = AdmissionLimits(settings.max_queue, settings.max_queue_wait_ms / 1000, settings.max_batch_wait_ms / 1000)
+    budget = EngineBudget(settings.max_batch_size, settings.max_batch_tokens, settings.group_selection)
+    queue = AdmissionQueue(limits, ledger, drain, metrics)  # type: ignore[var-annotated]
+    return engine_class(queue, ledger, drain, metrics, budget, settings.device, settings.dtype)
 
 
 def _log_load_failure(task: asyncio.Task[None]) -> None:

@@ -13,7 +13,8 @@ from fastapi import Request
 from beem.captioning.caption_bundle import LoadedCaptionBundle
 from service.answer_waiting import resolver, wait_for_outcomes
 from service.engine.caption_engine import CaptionEngine
-from service.engine.work_item import CaptionOutcome, CaptionWorkItem
+from service.engine.row_outcome import CaptionAnswer, RowOutcome
+from service.engine.work_item import CaptionWorkItem
 from service.errors import NotReadyError
 from service.image_input import image_from_bytes
 from service.policy_choice import ChosenPolicy, choose_policy
@@ -39,11 +40,11 @@ class CaptionService:
     def choose_policy(self, spec: PolicySpec | None) -> ChosenPolicy:
         return choose_policy(self.bundle.manifest, spec)
 
-    async def caption(self, request: Request, image_bytes: bytes, chosen: ChosenPolicy) -> CaptionOutcome:
+    async def caption(self, request: Request, image_bytes: bytes, chosen: ChosenPolicy) -> CaptionAnswer:
         self.ready_bundle()  # 503 before any decoding while the model loads
         image = await asyncio.to_thread(image_from_bytes, image_bytes, self.settings.max_image_pixels)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[CaptionOutcome] = loop.create_future()
+        future: asyncio.Future[RowOutcome] = loop.create_future()
         item = CaptionWorkItem(
             image=image,
             policy=chosen.policy,
@@ -52,5 +53,7 @@ class CaptionService:
             on_done=resolver(loop, future),
         )
         self.engine.submit([item])
-        (outcome,) = await wait_for_outcomes(request, [item], [future], self.settings.request_timeout_s)
+        (outcome,) = await wait_for_outcomes(
+            request, [item], [future], self.settings.request_timeout_s, self.engine.notice_cancellation, CaptionAnswer
+        )
         return outcome

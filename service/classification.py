@@ -19,7 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from beem.bundle.bundle_reader import LoadedBundle
 from service.answer_waiting import resolver, wait_for_outcomes
 from service.engine.inference_engine import InferenceEngine
-from service.engine.work_item import RowOutcome, WorkItem
+from service.engine.row_outcome import ClassAnswer, RowOutcome
+from service.engine.work_item import WorkItem
 from service.errors import InputValidationError, NotReadyError, PayloadTooLargeError
 from service.policy_choice import ChosenPolicy, choose_policy
 from service.schemas import PolicySpec
@@ -93,7 +94,8 @@ class ClassificationService:
         return_exits: bool,
         truncate: bool,
         truncation_side: str = "right",
-    ) -> list[RowOutcome]:
+        wants_distribution: bool = False,
+    ) -> list[ClassAnswer]:
         bundle = self.bundle
         self.check_rows(rows)
         if max_layers is not None and max_layers > bundle.num_layers:
@@ -114,10 +116,13 @@ class ClassificationService:
                 policy_name=chosen.name,
                 last_layer=max_layers or bundle.num_layers,
                 return_exits=return_exits,
+                wants_distribution=wants_distribution,
                 deadline=deadline,
                 on_done=resolver(loop, future),
             )
             for (input_ids, token_types), future in zip(encoded, futures, strict=True)
         ]
         self.engine.submit(items)
-        return await wait_for_outcomes(request, items, futures, self.settings.request_timeout_s)
+        return await wait_for_outcomes(
+            request, items, futures, self.settings.request_timeout_s, self.engine.notice_cancellation, ClassAnswer
+        )

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from beem.policies.policy_table import POLICY_NAMES, PolicyParameterError
-from service.engine.batch_scheduler import EngineClosedError, QueueFullError
+from service.engine.admission_queue import EngineClosedError, QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,19 @@ class RequestTimeoutError(ServiceError):
     error_type = "timeout"
 
 
+class ShuttingDownError(ServiceError):
+    status_code = 503
+    error_type = "unavailable"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
+class EngineFailureError(ServiceError):
+    """The engine step that ran this request's rows failed; the engine goes on serving."""
+
+    status_code = 500
+    error_type = "internal"
+
+
 class ClientGoneError(ServiceError):
     status_code = 499  # nginx's "client closed request": nobody reads it, but logs and metrics do
     error_type = "client_closed_request"
@@ -98,7 +111,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(QueueFullError)
     async def _queue_full(_: Request, error: QueueFullError) -> JSONResponse:
-        return error_response(429, f"overloaded: {error}", "overloaded", {"Retry-After": "1"})
+        retry_after = str(int(error.retry_after_s))
+        return error_response(429, f"overloaded: {error}", "overloaded", {"Retry-After": retry_after})
 
     @app.exception_handler(EngineClosedError)
     async def _closed(_: Request, error: EngineClosedError) -> JSONResponse:

@@ -34,21 +34,34 @@ class ServiceMetrics:
             "beem_layers_possible_total", "Encoder layers full depth would have run", ["task"], registry=self.registry
         )
         self.batch_size = Histogram(
-            "beem_batch_size", "Rows per micro-batch when it starts layer 1", buckets=BATCH_BUCKETS,
+            "beem_batch_size", "Rows that joined the engine together between two steps", buckets=BATCH_BUCKETS,
             registry=self.registry,
         )  # fmt: skip
         self.layer_batch_size = Histogram(
-            "beem_layer_batch_size", "Rows still running at each layer", ["layer"], buckets=BATCH_BUCKETS,
-            registry=self.registry,
+            "beem_layer_batch_size", "Rows in each classification layer step, by layer", ["layer"],
+            buckets=BATCH_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        self.queue_depth = Gauge("beem_queue_depth", "Rows waiting for a batch", registry=self.registry)
+        self.inflight_rows = Gauge("beem_inflight_rows", "Rows in the engine, at any depth", registry=self.registry)
+        self.queue_depth = Gauge("beem_queue_depth", "Rows waiting to join the engine", registry=self.registry)
         self.queue_wait = Histogram(
-            "beem_queue_wait_seconds", "Time a row waited before its batch started", buckets=LATENCY_BUCKETS,
+            "beem_queue_wait_seconds", "Time a row waited before it joined the engine", buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )  # fmt: skip
-        self.dropped_rows = Counter(
-            "beem_dropped_rows_total", "Rows dropped before or during compute", ["reason"], registry=self.registry
+        self.expected_queue_wait = Gauge(
+            "beem_expected_queue_wait_seconds", "Rows waiting / measured drain rate: what admission compares with "
+            "max_queue_wait_ms", registry=self.registry,
+        )  # fmt: skip
+        self.drain_rate = Gauge(
+            "beem_drain_rate_rows_per_second", "Rows the engine finishes per second of busy time (smoothed)",
+            registry=self.registry,
+        )  # fmt: skip
+        self.admitted_rows = Counter(
+            "beem_admitted_rows_total", "Rows admitted into the queue", ["task"], registry=self.registry
         )
+        self.rows = Counter(
+            "beem_rows_total", "Rows that left, counted once, by outcome: answered, client_gone, timeout, shed, "
+            "shutdown, error", ["task", "outcome"], registry=self.registry,
+        )  # fmt: skip
         self.model_info = Gauge(
             "beem_model_info", "The loaded bundle", ["name", "version", "task"], registry=self.registry
         )

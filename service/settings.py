@@ -20,13 +20,21 @@ class ServerSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    max_batch_size: int = Field(32, ge=1, le=1024, description="rows per micro-batch")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="rows in the engine at once, at any depth")
     max_batch_wait_ms: float = Field(
         0.0, ge=0, le=1000,
-        description="how long a forming batch waits for more rows; 0 = take what is queued when the engine is free",
+        description="an idle engine's first row waits this long for others to start with it; 0 = start at once",
     )  # fmt: skip
-    max_batch_tokens: int = Field(16384, ge=16, description="padded tokens per micro-batch (rows x longest row)")
-    max_queue: int = Field(512, ge=1, description="rows admitted and not yet answered; beyond it 429")
+    max_batch_tokens: int = Field(
+        16384, ge=16, description="padded tokens in the engine at once (each group's rows x its longest row)"
+    )
+    max_queue: int = Field(512, ge=1, description="rows waiting to join the engine; beyond it 429")
+    max_queue_wait_ms: float = Field(
+        250.0, gt=0, description="expected wait of a new request (rows waiting / measured drain rate); beyond it 429"
+    )
+    group_selection: Literal["deepest", "shallowest", "oldest"] = Field(
+        "deepest", description="which group of rows the engine advances next (service/engine/group_selection.py)"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered by then gets 504")
     max_input_tokens: int | None = Field(None, ge=2, description="default: the bundle's max_length")
     max_inputs_per_request: int = Field(64, ge=1)

@@ -4,10 +4,10 @@ Each layer is pre-LayerNorm: causal self-attention (keys/values cached per layer
 features, feed-forward. Exit head i is a LayerNorm of layer i's output followed by the output projection shared
 by all exits (tied to the token embedding), so every exit speaks the same vocabulary.
 
-The layer-by-layer API mirrors the classifier's: `embed_token`, `run_layer`, `exit_logits`, plus
-`copy_state_to_skipped_layers` for early exit (DESIGN 3.6, state copying as in CALM): when a token leaves at layer
-i, the layers it skipped still need its keys and values for later tokens, so they are computed from its layer-i
-hidden state by each skipped layer's own key/value projections.
+The layer-by-layer API mirrors the classifier's: `embed_tokens` / `embed_next`, `run_layer`, `exit_logits`, and each
+layer's `key_value` and `attend` for the step loop of `caption_rows.CaptionRows`, where a token that leaves at
+layer i gives the layers it skipped keys and values computed from its layer-i state (DESIGN 3.6, state copying as
+in CALM).
 """
 
 from __future__ import annotations
@@ -113,35 +113,17 @@ class DecoderLayer(nn.Module):
         # New positions attend to every cached position and causally among themselves (one new position sees all).
         new = hidden.shape[1]
         mask = _causal_mask(new, cache.length, hidden.device) if causal and new > 1 else None
-        return self._attend(hidden, keys, values, image_kv, mask)
+        return self.attend(hidden, keys, values, image_kv, mask)
 
-    def step_rows(
-        self,
-        inputs: torch.Tensor,  # (B, 1, H): every row's input to this layer for the newest position
-        running: torch.Tensor | None,  # (A,) rows that still walk the layers; None = all of them
-        cache: LayerCache,
-        image_kv: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        """One decoding step for a batch where some rows already exited at an earlier layer for this token.
-
-        Keys and values are appended for every row, an exited row's from its frozen exit state (the state copying
-        of `MultiExitDecoder.copy_state_to_skipped_layers`); attention and the feed-forward run only for the
-        running rows. Returns their outputs, (A, 1, H)."""
-        keys, values = cache.append(*self.key_value(inputs))
-        if running is None:
-            return self._attend(inputs, keys, values, image_kv, None)
-        image_keys, image_values = image_kv
-        return self._attend(inputs[running], keys[running], values[running],
-                            (image_keys[running], image_values[running]), None)  # fmt: skip
-
-    def _attend(
+    def attend(
         self,
         hidden: torch.Tensor,  # (B, T_new, H)
         keys: torch.Tensor,  # (B, heads, T, head_dim), the new positions included
         values: torch.Tensor,
         image_kv: tuple[torch.Tensor, torch.Tensor],
-        mask: torch.Tensor | None,  # (T_new, T) bool, True = may attend
+        mask: torch.Tensor | None,  # (T_new, T) or (B, 1, T_new, T) bool, True = may attend
     ) -> torch.Tensor:
+        """Self-attention over `keys`/`values`, cross-attention to the image, feed-forward: (B, T_new, H)."""
         query = self._heads(self.query(self.self_norm(hidden)))
         attention = functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
         hidden = hidden + self.dropout(self.self_out(self._merge(attention)))
@@ -171,7 +153,7 @@ class MultiExitDecoder(nn.Module):
     def num_layers(self) -> int:
         return self.spec.num_layers
 
-    def _layer(self, index: int) -> DecoderLayer:
+    def layer(self, index: int) -> DecoderLayer:
         layer = self.layers[index]
         assert isinstance(layer, DecoderLayer)
         return layer
@@ -179,28 +161,21 @@ class MultiExitDecoder(nn.Module):
     def image_keys_values(self, image_features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(B, P, image_feature_size) -> every layer's cross-attention keys and values."""
         projected = self.image_projection(image_features)
-        return [self._layer(index).image_key_value(projected) for index in range(self.num_layers)]
+        return [self.layer(index).image_key_value(projected) for index in range(self.num_layers)]
 
     def embed_tokens(self, tokens: torch.Tensor, first_position: int) -> torch.Tensor:
         """(B, T) token ids at positions first_position.. -> (B, T, H)."""
         positions = torch.arange(first_position, first_position + tokens.shape[1], device=tokens.device)
         return self.token_embedding(tokens) + self.position_embedding(positions)[None]
 
+    def embed_next(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(R,) token ids, each at its own position (R,) -> (R, 1, H): the rows of a decoding step."""
+        return (self.token_embedding(tokens) + self.position_embedding(positions))[:, None, :]
+
     def run_layer(
         self, index: int, hidden: torch.Tensor, cache: LayerCache, image_kv: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
-        return self._layer(index)(hidden, cache, image_kv, causal=True)
-
-    def step_layer(
-        self,
-        index: int,
-        inputs: torch.Tensor,
-        running: torch.Tensor | None,
-        cache: LayerCache,
-        image_kv: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        """Batched decoding step of layer `index` (see `DecoderLayer.step_rows`): (B, 1, H) -> (A, 1, H)."""
-        return self._layer(index).step_rows(inputs, running, cache, image_kv)
+        return self.layer(index)(hidden, cache, image_kv, causal=True)
 
     def exit_logits(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         """Exit `index` (0-based): (B, T, H) -> (B, T, vocab), through the embedding-tied output projection.
@@ -210,12 +185,6 @@ class MultiExitDecoder(nn.Module):
         if self.spec.suppressed_tokens:
             logits[..., list(self.spec.suppressed_tokens)] = SUPPRESSED_LOGIT
         return logits
-
-    def copy_state_to_skipped_layers(self, exited_at: int, hidden: torch.Tensor, caches: list[LayerCache]) -> None:
-        """A token left after layer `exited_at` (0-based) with hidden state (B, 1, H): give every later layer its
-        keys and values as if that state had been the layer's input."""
-        for index in range(exited_at + 1, self.num_layers):
-            caches[index].append(*self._layer(index).key_value(hidden))
 
     def forward_all_exits(self, tokens: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
         """Teacher forcing for training: (B, T) tokens -> (L, B, T, vocab) logits of every exit."""

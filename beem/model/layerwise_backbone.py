@@ -87,11 +87,17 @@ class LayerwiseBackbone(nn.Module):
             hidden = self.model.embeddings(input_ids=input_ids)
         if self.embeddings_project is not None:
             hidden = self.embeddings_project(hidden)
+        return self.regroup(hidden, attention_mask, layers_done=0)
+
+    def regroup(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers_done: int) -> EncoderState:
+        """The state of rows `hidden` (B, T, H) with padding `attention_mask` (B, T) after `layers_done` layers:
+        the layer mask (None when nothing is padded) and MPNet's position bias are rebuilt for this (B, T), so
+        rows from different batches can be merged, re-padded or trimmed between layers."""
         layer_mask: Any = create_bidirectional_mask(
             config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask
         )
         position_bias = self.model.encoder.compute_position_bias(hidden) if self.uses_position_bias else None
-        return EncoderState(hidden, attention_mask, layer_mask, position_bias, layers_done=0)
+        return EncoderState(hidden, attention_mask, layer_mask, position_bias, layers_done=layers_done)
 
     def run_layer(self, state: EncoderState) -> EncoderState:
         """Run the next encoder layer (layer `state.layers_done + 1`, 1-based) on every row of the batch."""

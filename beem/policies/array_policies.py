@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Self
 
 import torch
 
@@ -30,16 +31,16 @@ NO_LABEL = -1  # previous_label of a row that has seen no exit yet
 class _Rows:
     """Row-aligned tensors (first dimension = row): select, concatenate, move as one."""
 
-    def take(self, rows: torch.Tensor) -> _Rows:
+    def take(self, rows: torch.Tensor) -> Self:
         """Keep `rows`: a 1-D index tensor or a (R,) bool mask."""
         return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
-    def cat(self, other: _Rows) -> _Rows:
+    def cat(self, other: Self) -> Self:
         return replace(
             self, **{f.name: torch.cat((getattr(self, f.name), getattr(other, f.name))) for f in fields(self)}
         )
 
-    def to(self, device: torch.device) -> _Rows:
+    def to(self, device: torch.device) -> Self:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     @property

@@ -1,74 +1,128 @@
-"""The caption engine: a batch of images is encoded together, then decoded token by token with every row's own
-per-token early exit (`beem.captioning.early_exit_decoding.decode_batch`, the code `beem evaluate` measures).
+"""The caption engine: the same step loop with tokens as its steps (DESIGN 6).
 
-A caption is answered the moment its end token (or the length limit) comes, and leaves the batch; a row whose
-client left or whose deadline passed is dropped between tokens. Each generated token is one exit for the metrics:
-`beem_exit_layer{task="caption"}` counts tokens, and the decoder layers they ran against full depth.
+Queued images join between any two steps: they are encoded together and start their captions at the next token
+step, beside the captions already in flight (`beem.captioning.caption_rows.CaptionRows`, the code `beem evaluate`
+decodes with). Each step generates one token for every caption, with per-token early exit; a caption is answered
+the moment its end token (or the length limit) comes and leaves, so nobody waits for another caption's last token.
+A row whose client left or whose deadline passed leaves between steps. Each generated token is one exit for the
+metrics: `beem_exit_layer{task="caption"}` counts tokens, and the decoder layers they ran against full depth.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from beem.captioning.caption_bundle import LoadedCaptionBundle, load_caption_bundle
+from beem.captioning.caption_rows import CaptionRows
 from beem.captioning.captioner import IMAGE_SIZE
-from beem.captioning.early_exit_decoding import DecodedCaption, decode_batch
-from service.engine.model_worker import ModelWorker
-from service.engine.work_item import CaptionOutcome, CaptionWorkItem
+from beem.policies.array_policies import RowPolicies
+from service.engine.row_outcome import CaptionAnswer, RowFate
+from service.engine.step_engine import StepEngine
+from service.engine.work_item import CaptionWorkItem
 
 TASK = "caption"
 
 
-class CaptionEngine(ModelWorker[LoadedCaptionBundle, CaptionWorkItem]):
+class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
     task = TASK
+    _rows: CaptionRows | None = None
+    _items: np.ndarray = np.empty(0, dtype=object)  # (R,) the CaptionWorkItems, aligned with the rows
+    _deadlines: np.ndarray = np.empty(0, dtype=np.float64)  # (R,)
+    _cancellations_seen = 0
 
     def _load_bundle(self, bundle_path: Path) -> LoadedCaptionBundle:
-        return load_caption_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
+        bundle = load_caption_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
+        vocabulary = bundle.vocabulary
+        self._rows = CaptionRows(bundle.captioner.decoder, vocabulary.start_id, vocabulary.end_id, bundle.max_length)
+        return bundle
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
         assert self.bundle is not None
         image = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=self.device, dtype=self.dtype)
+        decoder, vocabulary = self.bundle.captioner.decoder, self.bundle.vocabulary
+        rows = CaptionRows(decoder, vocabulary.start_id, vocabulary.end_id, 2)
+        policies = RowPolicies.of([self.bundle.policies["full"]], [decoder.num_layers], decoder.num_layers,
+                                  self.device)  # fmt: skip
+        rows.join(self.bundle.captioner.image_features(image), policies)
+        while rows.num_rows:
+            rows.take(~rows.step())
+
+    @property
+    def inflight_rows(self) -> int:
+        return 0 if self._rows is None else self._rows.num_rows
+
+    @property
+    def inflight_tokens(self) -> int:
+        """An image is one unit of the token budget."""
+        return self.inflight_rows
+
+    def _layers_run(self, rows: np.ndarray) -> list[int]:
+        assert self._rows is not None
+        return [sum(caption.exit_layers) for caption in self._rows.captions(rows)]
+
+    def _all_rows(self) -> Sequence[tuple[CaptionWorkItem, int]]:
+        rows = np.arange(self.inflight_rows)
+        return list(zip(self._items[rows], self._layers_run(rows), strict=True))
+
+    def _rows_of_failed_step(self) -> Sequence[tuple[CaptionWorkItem, int]]:
+        """A token step runs every caption: a failure takes them all (the cache may be half written)."""
+        assert self.bundle is not None
+        failed = [(item, 0) for item in self._items]
         vocabulary = self.bundle.vocabulary
-        features = self.bundle.captioner.image_features(image)
-        decode_batch(self.bundle.captioner.decoder, features, [self.bundle.policies["full"]], vocabulary.start_id,
-                     vocabulary.end_id, 2)  # fmt: skip
+        self._rows = CaptionRows(self.bundle.captioner.decoder, vocabulary.start_id, vocabulary.end_id,
+                                 self.bundle.max_length)  # fmt: skip
+        self._items, self._deadlines = self._items[:0], self._deadlines[:0]
+        return failed
 
     @torch.inference_mode()
-    def run_batch(self, batch: list[CaptionWorkItem]) -> None:
-        assert self.bundle is not None
-        for item in batch:
-            if item.cancelled:  # the client left while the batch was filling: spend nothing on it
-                self._drop(item, 0, "client_gone")
-        active = [item for item in batch if not item.cancelled]
-        if not active:
+    def _join(self, items: list[CaptionWorkItem]) -> None:
+        assert self.bundle is not None and self._rows is not None
+        images = torch.stack([item.image for item in items]).to(self.device, self.dtype)  # (k, 3, 224, 224)
+        features = self.bundle.captioner.image_features(images)  # (k, P, C)
+        num_layers = self.bundle.num_layers
+        policies = RowPolicies.of([item.policy for item in items], [num_layers] * len(items), num_layers, self.device)
+        self._rows.join(features, policies)
+        joined = np.empty(len(items), dtype=object)
+        joined[:] = items
+        self._items = np.concatenate((self._items, joined))
+        self._deadlines = np.concatenate((self._deadlines, [item.deadline for item in items]))
+
+    def _step(self) -> None:
+        assert self._rows is not None
+        self._leave(self._abandoned(), finished=None)
+        if not self._rows.num_rows:
             return
-        self.metrics.batch_size.observe(len(active))
-        images = torch.stack([item.image for item in active]).to(self.device, self.dtype)  # (B, 3, 224, 224)
-        features = self.bundle.captioner.image_features(images)  # (B, P, C)
-        vocabulary = self.bundle.vocabulary
+        finished = self._rows.step()
+        self._leave(finished, finished=finished)
 
-        def abandoned(row: int) -> bool:
-            return active[row].cancelled or active[row].deadline <= time.monotonic()
+    def _abandoned(self) -> np.ndarray:
+        """(R,) rows whose deadline passed or whose client left: they leave before the next token."""
+        gone = self._deadlines <= time.monotonic()
+        if self._cancellations_seen != self._cancellations:
+            self._cancellations_seen = self._cancellations
+            gone |= np.fromiter((item.cancelled for item in self._items), dtype=bool, count=len(self._items))
+        return gone
 
-        def finished(row: int, caption: DecodedCaption) -> None:
-            item = active[row]
-            if caption.complete:
-                self._answer(item, caption)
-            else:  # abandoned part-way: count the decoder layers its tokens did run
-                self._drop(item, sum(caption.exit_layers), "client_gone" if item.cancelled else "timeout")
-
-        decode_batch(self.bundle.captioner.decoder, features, [item.policy for item in active], vocabulary.start_id,
-                     vocabulary.end_id, self.bundle.max_length, abandoned, finished)  # fmt: skip
-
-    def _answer(self, item: CaptionWorkItem, caption: DecodedCaption) -> None:
-        assert self.bundle is not None
-        histogram = self.metrics.exit_layer.labels(item.policy_name, TASK)
-        for layer in caption.exit_layers:
-            histogram.observe(layer)
-        self.metrics.layers_computed.labels(TASK).inc(sum(caption.exit_layers))
-        self.metrics.layers_possible.labels(TASK).inc(self.bundle.num_layers * len(caption.exit_layers))
-        item.on_done(CaptionOutcome(tuple(caption.tokens), tuple(caption.exit_layers)))
+    def _leave(self, leaving: np.ndarray, finished: np.ndarray | None) -> None:
+        """Answer the finished captions, drop the abandoned ones (with the decoder layers they ran)."""
+        assert self._rows is not None
+        rows = np.flatnonzero(leaving)
+        if not len(rows):
+            return
+        for slot, caption in zip(rows, self._rows.captions(rows), strict=True):
+            item = self._items[slot]
+            if finished is not None:
+                self._answer(item, CaptionAnswer(tuple(caption.tokens), tuple(caption.exit_layers)),
+                             caption.exit_layers)  # fmt: skip
+            else:
+                fate = RowFate.CLIENT_GONE if item.cancelled else RowFate.TIMEOUT
+                self._drop([item], fate, sum(caption.exit_layers))
+        keep = ~leaving
+        self._rows.take(keep)
+        self._items, self._deadlines = self._items[keep], self._deadlines[keep]

@@ -1,31 +1,51 @@
-"""The classification engine: micro-batches run layer by layer in the worker thread (`ModelWorker`).
+"""The classification engine: continuous depth batching (DESIGN 6).
 
-For every layer it runs the layer and that layer's exit head on the rows still in the batch, lets each row's own
-policy decide (the same `ExitPolicy.step` calibration used), answers the rows that exit right then, and compacts
-the batch so the rest continue alone. Rows whose client left are dropped between layers.
+Rows carry their own depth and policy state. Queued rows join between any two steps as a new group at depth 0
+(embedded together). Each step picks one group (`group_selection`), runs the next encoder layer and, where some
+row can use it, that layer's exit head; the array-form policies decide for the whole group in one call; the rows
+that exit are answered at once (only their label and score are read back, and the distribution or the exit trace
+when they asked); the survivors move one layer deeper, where they merge with any group already there. Rows whose
+client left or whose deadline passed leave between steps. Host work per step is a fixed number of calls, plus one
+answer per row that leaves.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from beem.bundle.bundle_reader import LoadedBundle, load_bundle
-from beem.model.layerwise_backbone import EncoderState
-from beem.model.multi_exit_model import MultiExitModel
-from beem.policies.exit_policies import BLIND_OBSERVATION, ExitObservation, PolicyState
-from service.engine.exit_readout import ExitReadout, read_exits
-from service.engine.model_worker import ModelWorker
-from service.engine.work_item import ExitTrace, RowOutcome, WorkItem
+from beem.policies.array_policies import (
+    ExitObservations,
+    RowPolicies,
+    RowStates,
+    advance_without_exit_head,
+    decide,
+)
+from service.engine.group_selection import pick_group
+from service.engine.row_group import RowGroup
+from service.engine.row_outcome import ClassAnswer, ExitTrace, RowFate
+from service.engine.step_engine import StepEngine
+from service.engine.work_item import WorkItem
 
 TASK = "classification"
 
 
-class InferenceEngine(ModelWorker[LoadedBundle, WorkItem]):
+class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
     """The classification engine."""
 
     task = TASK
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.groups: list[RowGroup] = []  # waiting for their next step, at most one per depth unless too wide
+        self._current: RowGroup | None = None  # the group the running step took out of `groups`
 
     def _load_bundle(self, bundle_path: Path) -> LoadedBundle:
         return load_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
@@ -33,103 +53,175 @@ class InferenceEngine(ModelWorker[LoadedBundle, WorkItem]):
     @torch.inference_mode()
     def _warm_up(self) -> None:
         assert self.bundle is not None
-        encoded = self.bundle.tokenizer(["warm up the engine"], return_tensors="pt")
-        self.bundle.model.all_exit_logits(
-            encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
-        )
+        encoded = self.bundle.tokenizer(["warm up the engine", "and its padded batches, twice"], padding=True,
+                                        return_tensors="pt")  # fmt: skip
+        for rows in (slice(0, 1), slice(0, 2)):
+            self.bundle.model.all_exit_logits(
+                encoded["input_ids"][rows].to(self.device), encoded["attention_mask"][rows].to(self.device)
+            )
 
-    def _pad(self, batch: list[WorkItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        assert self.bundle is not None
-        pad_id = self.bundle.tokenizer.pad_token_id or 0
-        longest = max(item.num_tokens for item in batch)
-        input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)  # (B, T)
-        has_types = batch[0].token_type_ids is not None
-        token_types = torch.zeros((len(batch), longest), dtype=torch.long) if has_types else None
-        for row, item in enumerate(batch):
-            input_ids[row, : item.num_tokens] = torch.tensor(item.input_ids)
-            attention_mask[row, : item.num_tokens] = 1
-            if token_types is not None and item.token_type_ids is not None:
-                token_types[row, : item.num_tokens] = torch.tensor(item.token_type_ids)
-        move = (lambda t: t.to(self.device, non_blocking=True)) if self.device.type == "cuda" else (lambda t: t)
-        return move(input_ids), move(attention_mask), None if token_types is None else move(token_types)
+    @property
+    def inflight_rows(self) -> int:
+        return sum(group.num_rows for group in self.groups) + (self._current.num_rows if self._current else 0)
+
+    @property
+    def inflight_tokens(self) -> int:
+        return sum(group.padded_tokens for group in self.groups)
+
+    def _all_rows(self) -> Sequence[tuple[WorkItem, int]]:
+        return [(item, group.depth) for group in self.groups for item in group.items]
+
+    def _rows_of_failed_step(self) -> Sequence[tuple[WorkItem, int]]:
+        group, self._current = self._current, None
+        return [] if group is None else [(item, group.depth) for item in group.items]
+
+    # -- joining ----------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def run_batch(self, batch: list[WorkItem]) -> None:
-        """Run one micro-batch to the end, answering each row as it exits. The worker thread's loop body."""
+    def _join(self, items: list[WorkItem]) -> None:
+        """Pad the new rows to their longest, embed them: a new group at depth 0."""
         assert self.bundle is not None
         model, num_layers = self.bundle.model, self.bundle.num_layers
-        for item in batch:
-            if item.cancelled:  # the client left while the batch was filling: spend nothing on it
-                self._drop(item, 0, "client_gone")
-        active = [item for item in batch if not item.cancelled]
-        if not active:
-            return
-        self.metrics.batch_size.observe(len(active))
-        state: EncoderState = model.embed(*self._pad(active))
-        policy_states = [PolicyState() for _ in active]
-        for layer in range(1, num_layers + 1):
-            self.metrics.layer_batch_size.labels(str(layer)).observe(len(active))
-            state = model.run_layer(state)
-            readouts = self._read_exits_if_needed(model, state, active, policy_states, layer)
-            keep: list[int] = []
-            for row, item in enumerate(active):
-                readout = readouts[row] if readouts is not None else None
-                observation = _observation(readout)
-                decision = item.policy.step(policy_states[row], observation, item.last_layer)
-                policy_states[row] = decision.state
-                if item.return_exits and readout is not None:
-                    item.traces.append(ExitTrace(layer, readout.label, readout.confidence))
-                if decision.exit_now:
-                    assert readout is not None, "a row exits only at a layer whose exit head ran"
-                    self._answer(item, readout, layer)
-                elif item.cancelled:  # the client left: no more layers are spent on this row
-                    self._drop(item, layer, "client_gone")
-                else:
-                    keep.append(row)
-            if not keep:
-                return
-            if len(keep) < len(active):
-                state = state.select_rows(torch.tensor(keep, device=state.hidden.device))
-                active = [active[row] for row in keep]
-                policy_states = [policy_states[row] for row in keep]
+        lengths = np.fromiter((item.num_tokens for item in items), dtype=np.int64, count=len(items))
+        longest = int(lengths.max())
+        pad_id = self.bundle.tokenizer.pad_token_id or 0
+        input_ids = torch.tensor([item.input_ids + [pad_id] * (longest - item.num_tokens) for item in items])
+        attention_mask = (torch.arange(longest)[None, :] < torch.from_numpy(lengths)[:, None]).long()  # (R, T)
+        token_types = None
+        if items[0].token_type_ids is not None:
+            token_types = torch.tensor([(item.token_type_ids or []) + [0] * (longest - item.num_tokens)
+                                        for item in items])  # fmt: skip
+        move = (lambda t: t.to(self.device, non_blocking=True)) if self.device.type == "cuda" else (lambda t: t)
+        encoder = model.embed(move(input_ids), move(attention_mask), None if token_types is None else move(token_types))
+        count = len(items)
+        group = RowGroup(
+            encoder=encoder,
+            states=RowStates.fresh(count, self.device),
+            policies=RowPolicies.of(
+                [item.policy for item in items], [item.last_layer for item in items], num_layers, self.device
+            ),
+            trace_labels=torch.zeros((count, num_layers), dtype=torch.int64, device=self.device),
+            trace_confidences=torch.zeros((count, num_layers), dtype=torch.float64, device=self.device),
+            items=_object_array(items),
+            lengths=lengths,
+            deadlines=np.fromiter((item.deadline for item in items), dtype=np.float64, count=count),
+            head_from=np.fromiter((_first_exit_head_needed(item) for item in items), dtype=np.int64, count=count),
+            oldest_at=time.monotonic(),
+            cancellations_seen=self._cancellations,
+        )
+        self._place(group)
 
-    @staticmethod
-    def _read_exits_if_needed(
-        model: MultiExitModel,
-        state: EncoderState,
-        active: list[WorkItem],
-        policy_states: list[PolicyState],
-        layer: int,
-    ) -> list[ExitReadout] | None:
-        """Run this layer's exit head unless no row can use it: depth-only policies (static, full) that do not
-        leave here and do not want traces skip it, so `full` costs what a plain forward costs."""
-        for item, policy_state in zip(active, policy_states, strict=True):
-            if item.policy.reads_exits or item.return_exits or layer >= item.last_layer:
-                return read_exits(model.exit_logits(state))
-            if item.policy.step(policy_state, BLIND_OBSERVATION, item.last_layer).exit_now:
-                return read_exits(model.exit_logits(state))
-        return None
+    def _place(self, group: RowGroup) -> None:
+        """Merge into the group already at this depth when the token budget allows, else wait beside it."""
+        for index, other in enumerate(self.groups):
+            if other.depth == group.depth:
+                width = max(other.encoder.hidden.shape[1], group.encoder.hidden.shape[1])
+                if (other.num_rows + group.num_rows) * width <= self.budget.max_tokens:
+                    assert self.bundle is not None
+                    self.groups[index] = other.merged(group, self.bundle.model.backbone)
+                    return
+        self.groups.append(group)
 
-    def _answer(self, item: WorkItem, readout: ExitReadout, layer: int) -> None:
-        self._account(item, layer)
-        item.on_done(RowOutcome(
-            label=readout.label,
-            probabilities=readout.probabilities,
-            logits=readout.logits,
-            exit_layer=layer,
-            exits=tuple(item.traces),
-        ))  # fmt: skip
+    # -- one step ---------------------------------------------------------------------------------------------
 
-    def _account(self, item: WorkItem, layer: int) -> None:
-        """An answered row: its exit layer, and compute used against what full depth would have used."""
+    @torch.inference_mode()
+    def _step(self) -> None:
         assert self.bundle is not None
-        self.metrics.exit_layer.labels(item.policy_name, TASK).observe(layer)
-        self.metrics.layers_computed.labels(TASK).inc(layer)
-        self.metrics.layers_possible.labels(TASK).inc(self.bundle.num_layers)
+        picked = pick_group(self.groups, self.budget.group_selection)
+        self._current = picked
+        self.groups = [group for group in self.groups if group is not picked]
+        group = self._without_abandoned(picked)
+        self._current = group
+        advanced = None if group is None else self._advance(group)
+        self._current = None
+        if advanced is not None:
+            self._place(advanced)
+
+    def _without_abandoned(self, group: RowGroup) -> RowGroup | None:
+        """Rows whose deadline passed or whose client left leave before this step spends anything on them."""
+        timed_out = group.deadlines <= time.monotonic()
+        cancelled = np.zeros_like(timed_out)
+        if group.cancellations_seen != self._cancellations:  # a client left somewhere since this group was looked at
+            cancelled = np.fromiter((item.cancelled for item in group.items), dtype=bool, count=group.num_rows)
+            group = replace(group, cancellations_seen=self._cancellations)
+        if not (timed_out.any() or cancelled.any()):
+            return group
+        self._drop(group.items[cancelled], RowFate.CLIENT_GONE, group.depth)
+        self._drop(group.items[timed_out & ~cancelled], RowFate.TIMEOUT, group.depth)
+        keep = ~(timed_out | cancelled)
+        assert self.bundle is not None
+        return group.take(keep, self.bundle.model.backbone) if keep.any() else None
+
+    def _advance(self, group: RowGroup) -> RowGroup | None:
+        """Layer `depth + 1` and its exit head for the whole group; the rows that exit are answered now."""
+        assert self.bundle is not None
+        model = self.bundle.model
+        layer = group.depth + 1
+        self.metrics.layer_batch_size.labels(str(layer)).observe(group.num_rows)
+        encoder = model.run_layer(group.encoder)
+        if not (group.head_from <= layer).any():  # only depth-only rows that do not leave here: skip the head
+            return replace(group, encoder=encoder, states=advance_without_exit_head(group.states))
+        logits = model.exit_logits(encoder)  # (R, C)
+        observed = ExitObservations.from_logits(logits)
+        states, exits = decide(group.states, observed, group.policies)
+        group.trace_labels[:, layer - 1] = observed.labels
+        group.trace_confidences[:, layer - 1] = observed.confidences
+        group = replace(group, encoder=encoder, states=states)
+        exit_now = exits.cpu().numpy()  # (R,) the step's one read back (a view on CPU)
+        if not exit_now.any():
+            return group
+        self._answer_exited(group, exit_now, observed, logits, layer)
+        keep = ~exit_now
+        return group.take(keep, model.backbone) if keep.any() else None
+
+    def _answer_exited(
+        self, group: RowGroup, exit_now: np.ndarray, observed: ExitObservations, logits: torch.Tensor, layer: int
+    ) -> None:
+        """Read back what the exited rows need, and answer each: label and score, plus the distribution and the
+        exit trace for rows that asked for them."""
+        rows = np.flatnonzero(exit_now)
+        index = torch.from_numpy(rows).to(logits.device)
+        items = group.items[rows]
+        labels = observed.labels[index].tolist()
+        scores = observed.confidences[index].tolist()
+        wants_distribution = [item.wants_distribution for item in items]
+        probabilities: list[list[float]] | None = None
+        raw: list[list[float]] | None = None
+        if any(wants_distribution):
+            exited_logits = logits[index].float()  # (E, C)
+            probabilities, raw = torch.softmax(exited_logits, dim=-1).tolist(), exited_logits.tolist()
+        traces: list[list[int]] | None = None
+        trace_confidences: list[list[float]] | None = None
+        if any(item.return_exits for item in items):
+            traces = group.trace_labels[index, :layer].tolist()
+            trace_confidences = group.trace_confidences[index, :layer].tolist()
+        for slot, item in enumerate(items):
+            exits: tuple[ExitTrace, ...] = ()
+            if item.return_exits and traces is not None and trace_confidences is not None:
+                exits = tuple(ExitTrace(i + 1, label, confidence)
+                              for i, (label, confidence) in enumerate(zip(traces[slot], trace_confidences[slot],
+                                                                          strict=True)))  # fmt: skip
+            distribution = probabilities is not None and item.wants_distribution
+            answer = ClassAnswer(
+                label=labels[slot],
+                score=scores[slot],
+                exit_layer=layer,
+                probabilities=tuple(probabilities[slot]) if distribution and probabilities else None,
+                logits=tuple(raw[slot]) if distribution and raw else None,
+                exits=exits,
+            )
+            self._answer(item, answer, (layer,))
 
 
-def _observation(readout: ExitReadout | None) -> ExitObservation:
-    if readout is None:
-        return BLIND_OBSERVATION
-    return ExitObservation(readout.label, readout.confidence, readout.entropy)
+def _first_exit_head_needed(item: WorkItem) -> int:
+    """Policies that read exits, and rows that return them, need every exit head; depth-only policies (static,
+    full) only the one at the layer they leave."""
+    if item.policy.reads_exits or item.return_exits:
+        return 1
+    return int(min(item.policy.threshold, item.last_layer))
+
+
+def _object_array(items: list[WorkItem]) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array

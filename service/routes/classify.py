@@ -30,7 +30,7 @@ async def classify(body: ClassifyRequest, request: Request, service: Classificat
     results = [
         ClassifyResult(
             label=labels[outcome.label],
-            score=outcome.probabilities[outcome.label],
+            score=outcome.score,
             exit_layer=outcome.exit_layer,
             num_layers=bundle.num_layers,
             policy=chosen.name,

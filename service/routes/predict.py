@@ -49,11 +49,14 @@ async def predict(
     chosen = service.choose_policy(None)
     request.state.policy = chosen.name
     side = body.truncation_direction.lower()
-    outcomes = await service.classify(request, rows, chosen, None, False, bool(body.truncate), side)
+    outcomes = await service.classify(
+        request, rows, chosen, None, False, bool(body.truncate), side, wants_distribution=True
+    )
     labels = service.bundle.labels
     answers = []
     for outcome in outcomes:
         scores = outcome.logits if body.raw_scores else outcome.probabilities
+        assert scores is not None, "asked for the distribution"
         ranked = sorted(zip(labels, scores, strict=True), key=lambda pair: -pair[1])
         answers.append([Prediction(label=label, score=score) for label, score in ranked])
     return answers if is_batch else answers[0]

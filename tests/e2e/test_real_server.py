@@ -134,7 +134,7 @@ def test_a_request_whose_client_left_is_dropped_before_compute(tiny_bundle_dir: 
             time.sleep(0.3)  # admitted; its batch is still filling
         time.sleep(2.0)  # the batch has run by now
         metrics = httpx.get(f"{running.url}/metrics").text
-        assert 'beem_dropped_rows_total{reason="client_gone"} 1.0' in metrics
+        assert 'beem_rows_total{outcome="client_gone",task="classification"} 1.0' in metrics
         assert "beem_batch_size_count 0.0" in metrics  # no batch ever ran for it
     finally:
         running.stop()

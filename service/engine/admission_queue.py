@@ -1,0 +1,168 @@
+"""The one owner of the queue (DESIGN 5.7): admits rows by a row bound and an expected-wait bound, hands them to
+the engine between steps within its budgets, and drops queued rows nobody waits for.
+
+Thread-safe: the event loop calls `submit` (never blocks), the engine thread calls `take` between steps and
+`wait_for_work` when it has nothing in flight.
+
+Admission (DESIGN 6): a request is shed with 429 when the rows already waiting would pass `max_queue_rows`, or when
+their expected wait, rows waiting / the engine's measured drain rate (rows it finishes per busy second), would pass
+`max_queue_wait_s`. Retry-After is that expected wait, rounded up to whole seconds. The wait counts the work ahead
+of the request, not its own rows: an idle server admits any request that passes the row bound.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from service.engine.drain_rate import DrainRate
+from service.engine.row_ledger import RowLedger
+from service.engine.row_outcome import RowFate
+from service.engine.work_item import QueuedRow
+from service.metrics import ServiceMetrics
+
+ItemT = TypeVar("ItemT", bound=QueuedRow)
+ABANDONED_SCAN_INTERVAL_S = 0.05  # how often the whole queue is searched for rows nobody waits for
+
+
+class QueueFullError(RuntimeError):
+    """Shed load (429): the queue is full, or its expected wait too long."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineClosedError(RuntimeError):
+    """The engine is shutting down and admits nothing new (503)."""
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    max_queue_rows: int  # rows waiting for the engine; beyond it 429
+    max_queue_wait_s: float  # expected wait of a new request; beyond it 429 (math.inf: no time bound)
+    idle_join_wait_s: float = 0.0  # an idle engine's first row waits this long for others to start with it
+
+
+class AdmissionQueue(Generic[ItemT]):
+    def __init__(
+        self,
+        limits: AdmissionLimits,
+        ledger: RowLedger,
+        drain: DrainRate,
+        metrics: ServiceMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = limits
+        self.ledger = ledger
+        self.drain = drain
+        self.metrics = metrics
+        self.clock = clock
+        self._pending: deque[ItemT] = deque()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._last_scan = 0.0
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def expected_wait_s(self, rows_ahead: int | None = None) -> float:
+        """Seconds until `rows_ahead` queued rows (default: all of them) have gone into the engine, at the
+        measured drain rate; 0 before the rate has been measured."""
+        rows = len(self._pending) if rows_ahead is None else rows_ahead
+        rate = self.drain.rows_per_s
+        return rows / rate if rows and rate else 0.0
+
+    def submit(self, items: list[ItemT]) -> None:
+        """Admit all of a request's rows or none of them (the refused ones are counted as shed or shutdown)."""
+        now = self.clock()
+        with self._condition:
+            if self._closed:
+                self.ledger.drop(items, RowFate.SHUTDOWN)
+                raise EngineClosedError("the server is shutting down")
+            waiting = len(self._pending)
+            expected = self.expected_wait_s(waiting)
+            if waiting + len(items) > self.limits.max_queue_rows:
+                self._shed(items, f"queue full ({waiting} rows waiting, limit {self.limits.max_queue_rows})", expected)
+            if expected > self.limits.max_queue_wait_s:
+                limit_ms = self.limits.max_queue_wait_s * 1000
+                self._shed(items, f"expected queue wait {expected * 1000:.0f} ms is over {limit_ms:.0f} ms", expected)
+            for item in items:
+                item.enqueued_at = now
+            self._pending.extend(items)
+            self.ledger.admitted(len(items))
+            self._publish()
+            self._condition.notify()
+
+    def _shed(self, items: list[ItemT], reason: str, expected_wait_s: float) -> None:
+        self.ledger.drop(items, RowFate.SHED)
+        raise QueueFullError(reason, max(1.0, math.ceil(expected_wait_s)))
+
+    def close(self) -> None:
+        """Admit nothing more; `take` keeps handing out what was admitted."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def wait_for_work(self) -> bool:
+        """Block an idle engine until rows are queued (then up to `idle_join_wait_s` for others to join the first)
+        or the queue is closed and empty: False then, the engine may stop."""
+        with self._condition:
+            while not self._pending:
+                if self._closed:
+                    return False
+                self._condition.wait()
+            start_by = self._pending[0].enqueued_at + self.limits.idle_join_wait_s
+            while not self._closed and (remaining := start_by - self.clock()) > 0:
+                self._condition.wait(remaining)
+            return True
+
+    def take(self, room_rows: int, room_tokens: int, engine_empty: bool) -> list[ItemT]:
+        """Queued rows for the engine, oldest first, as many as fit: at most `room_rows`, and as one new group of
+        (rows x longest row) padded tokens within `room_tokens`. An empty engine always gets at least one row.
+        Rows whose client left or whose deadline passed are dropped on the way."""
+        if not self._pending:
+            return []
+        now = self.clock()
+        taken: list[ItemT] = []
+        longest = 0
+        with self._condition:
+            if now - self._last_scan >= ABANDONED_SCAN_INTERVAL_S:
+                self._drop_abandoned(now)
+            while self._pending and len(taken) < room_rows:
+                candidate = self._pending[0]
+                if candidate.cancelled or candidate.deadline <= now:
+                    self._drop_abandoned(now)
+                    continue
+                wider = max(longest, candidate.num_tokens)
+                if (len(taken) + 1) * wider > room_tokens and (taken or not engine_empty):
+                    break
+                taken.append(self._pending.popleft())
+                longest = wider
+            self._publish()
+        for item in taken:
+            self.metrics.queue_wait.observe(now - item.enqueued_at)
+        return taken
+
+    def _drop_abandoned(self, now: float) -> None:
+        """Drop queued rows whose client left or whose deadline passed, before any compute is spent on them."""
+        self._last_scan = now
+        kept: deque[ItemT] = deque()
+        for item in self._pending:
+            if item.cancelled:
+                self.ledger.drop([item], RowFate.CLIENT_GONE)
+            elif item.deadline <= now:
+                self.ledger.drop([item], RowFate.TIMEOUT)
+            else:
+                kept.append(item)
+        self._pending = kept
+
+    def _publish(self) -> None:
+        self.metrics.queue_depth.set(len(self._pending))
+        self.metrics.expected_queue_wait.set(self.expected_wait_s())

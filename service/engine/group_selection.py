@@ -1,0 +1,42 @@
+"""Which group of rows the engine advances next (DESIGN 6: "pick one group, a measured rule").
+
+Rows at one depth form a group; groups at different depths wait for their turn. The rules:
+- "deepest": the group furthest along (ties: the larger). Rows that are nearly done finish first and leave room,
+  and a group is never passed over for ever; new rows start once the deeper groups have finished or while they
+  are being merged with.
+- "shallowest": the group least far along (least attained service). New rows run at once and catch up with the
+  rows ahead of them, merging as they meet; deep rows wait while new ones keep arriving.
+- "oldest": the group holding the row that joined the engine first (first come, first served).
+`bench/group_selection.py` measures them side by side; README "Serving" has the numbers and the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+GROUP_SELECTION_RULES = ("deepest", "shallowest", "oldest")
+
+
+class Group(Protocol):
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def num_rows(self) -> int: ...
+
+    @property
+    def oldest_at(self) -> float: ...
+
+
+GroupT = TypeVar("GroupT", bound=Group)
+
+
+def pick_group(groups: Sequence[GroupT], rule: str) -> GroupT:
+    if rule == "deepest":
+        return max(groups, key=lambda g: (g.depth, g.num_rows))
+    if rule == "shallowest":
+        return min(groups, key=lambda g: (g.depth, -g.num_rows))
+    if rule == "oldest":
+        return min(groups, key=lambda g: g.oldest_at)
+    raise ValueError(f"unknown group selection rule {rule!r}; expected one of {GROUP_SELECTION_RULES}")

@@ -1,0 +1,52 @@
+"""The one place a row leaves the service (DESIGN 6): it is counted once, with its typed fate and the layers it
+ran, and its outcome is handed back to the request.
+
+Every way out goes through `answer` or `drop`: answered by the engine, shed or refused at admission, abandoned in
+the queue or between steps (client gone, deadline passed), failed with its step, or cut off by shutdown. A row
+that has left (`settled`) is never counted or answered again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from service.engine.row_outcome import CaptionAnswer, ClassAnswer, Dropped, RowFate
+from service.engine.work_item import QueuedRow
+from service.metrics import ServiceMetrics
+
+
+class RowLedger:
+    def __init__(self, metrics: ServiceMetrics, task: str, num_layers: int) -> None:
+        self.metrics = metrics
+        self.task = task
+        self.num_layers = num_layers
+        self._admitted = metrics.admitted_rows.labels(task)
+        self._left = {fate: metrics.rows.labels(task, fate.value) for fate in RowFate}
+        self._computed = metrics.layers_computed.labels(task)
+        self._possible = metrics.layers_possible.labels(task)
+
+    def admitted(self, count: int) -> None:
+        self._admitted.inc(count)
+
+    def answer(self, item: QueuedRow, answer: ClassAnswer | CaptionAnswer, exit_layers: Sequence[int]) -> None:
+        """An answered row; `exit_layers` holds one layer per exit it answered with (one per caption token)."""
+        if item.settled:
+            return
+        item.settled = True
+        histogram = self.metrics.exit_layer.labels(item.policy_name, self.task)
+        for layer in exit_layers:
+            histogram.observe(layer)
+        self._computed.inc(sum(exit_layers))
+        self._possible.inc(self.num_layers * len(exit_layers))
+        self._left[RowFate.ANSWERED].inc()
+        item.on_done(answer)
+
+    def drop(self, items: Iterable[QueuedRow], fate: RowFate, layers_run: int = 0, detail: str = "") -> None:
+        """Rows that leave unanswered, each having run `layers_run` layers (counted as computed, not possible)."""
+        for item in items:
+            if item.settled:
+                continue
+            item.settled = True
+            self._computed.inc(layers_run)
+            self._left[fate].inc()
+            item.on_done(Dropped(fate, detail))

@@ -1,0 +1,252 @@
+"""What every engine shares (DESIGN 5.2 and 6): one thread owns the model and the device and runs a loop of steps;
+lifecycle `load` -> `submit`* -> `close`, and `health` says where it is.
+
+The loop: when nothing is in flight, wait for work; between any two steps, admit queued rows within the budgets
+(which count the rows already in flight); run one step (a layer for a group of rows, or a token for every caption);
+answer the rows that finish at once. A step that raises fails only its own rows (500) and the loop goes on. The
+rows that leave per busy second feed the drain rate that admission divides by.
+
+Subclasses say how a bundle loads and warms up, how queued rows join (`_admit`), what one step is (`_step`), and
+which rows a failed step takes with it (`_fail_step`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Generic, TypeVar
+
+import torch
+
+from beem.bundle.bundle_reader import ManifestFields
+from service.engine.admission_queue import AdmissionQueue
+from service.engine.drain_rate import DrainRate
+from service.engine.row_ledger import RowLedger
+from service.engine.row_outcome import CaptionAnswer, ClassAnswer, RowFate
+from service.engine.work_item import QueuedRow
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ItemT = TypeVar("ItemT", bound=QueuedRow)
+BundleT = TypeVar("BundleT", bound=ManifestFields)
+
+
+@dataclass(frozen=True)
+class EngineBudget:
+    """What may be in flight at once, and how the next group is chosen."""
+
+    max_rows: int  # rows in the engine at once, at any depth
+    max_tokens: int  # padded tokens in the engine at once (rows x their group's longest row, summed)
+    group_selection: str = "deepest"
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    loaded: bool
+    warmed_up: bool
+    closed: bool
+    error: str | None
+    queue_depth: int
+    inflight_rows: int
+
+
+def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """auto -> CUDA in fp16 when a GPU is present, else CPU in fp32 (CPU half-precision matmuls are slow)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda was asked for but torch sees no CUDA device")
+    chosen = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    if dtype == "auto":
+        return chosen, torch.float16 if chosen.type == "cuda" else torch.float32
+    return chosen, DTYPES[dtype]
+
+
+class StepEngine(ABC, Generic[BundleT, ItemT]):
+    task: ClassVar[str]  # the `task` label of this engine's metrics
+
+    def __init__(
+        self,
+        queue: AdmissionQueue[ItemT],
+        ledger: RowLedger,
+        drain: DrainRate,
+        metrics: ServiceMetrics,
+        budget: EngineBudget,
+        device: str,
+        dtype: str,
+    ) -> None:
+        self.queue = queue
+        self.ledger = ledger
+        self.drain = drain
+        self.metrics = metrics
+        self.budget = budget
+        self.device, self.dtype = resolve_device(device, dtype)
+        self.bundle: BundleT | None = None
+        self._warmed_up = False
+        self._error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_now = False
+        self._rows_left = 0  # rows that left the engine (answered or dropped after joining it), for the drain rate
+        self._cancellations = 0  # bumped by the event loop when a client leaves: rows in flight need a look
+
+    # -- what each engine says -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def _load_bundle(self, bundle_path: Path) -> BundleT: ...
+
+    @abstractmethod
+    def _warm_up(self) -> None:
+        """Run the model in the thread that will serve (torch's thread pools are per thread), so the first
+        client does not pay for lazy initialisation. Not counted in the metrics."""
+
+    @property
+    @abstractmethod
+    def inflight_rows(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def inflight_tokens(self) -> int: ...
+
+    @abstractmethod
+    def _join(self, items: list[ItemT]) -> None:
+        """Queued rows enter the engine (embedded or encoded), ready for their first step."""
+
+    @abstractmethod
+    def _step(self) -> None:
+        """One step: answer the rows it finishes, keep the others."""
+
+    @abstractmethod
+    def _rows_of_failed_step(self) -> Sequence[tuple[ItemT, int]]:
+        """After `_step` raised: the rows it was running (with the layers each had run); they leave with 500."""
+
+    @abstractmethod
+    def _all_rows(self) -> Sequence[tuple[ItemT, int]]:
+        """Every row in flight, with the layers it has run (shutdown cuts them off when draining takes too
+        long)."""
+
+    # -- how rows leave: through the ledger, counted for the drain rate ---------------------------------------
+
+    def _answer(self, item: ItemT, answer: ClassAnswer | CaptionAnswer, exit_layers: Sequence[int]) -> None:
+        self._rows_left += 1
+        self.ledger.answer(item, answer, exit_layers)
+
+    def _drop(self, items: Iterable[ItemT], fate: RowFate, layers_run: int, detail: str = "") -> None:
+        for item in items:
+            self._rows_left += 1
+            self.ledger.drop([item], fate, layers_run, detail)
+
+    def notice_cancellation(self) -> None:
+        """A client left (event loop thread): its rows are dropped before the next step spends anything on them."""
+        self._cancellations += 1
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def load(self, bundle_path: Path, torch_threads: int | None, start_worker: bool = True) -> None:
+        """Load and warm up, then start the engine thread (unless `start_worker` is False: benchmarks then call
+        `run_until_idle` in their own thread). Blocking: call it off the event loop."""
+        try:
+            if torch_threads:
+                torch.set_num_threads(torch_threads)
+            if self.device.type == "cuda":
+                # cuDNN's attention builds an execution plan for every new (rows, length) shape, and serving makes
+                # new shapes all the time (groups merge and shrink, captions grow a token per step): on an H100 a
+                # batch of captions took seconds in plan building. Flash / memory-efficient kernels do not.
+                torch.backends.cuda.enable_cudnn_sdp(False)
+            self.bundle = self._load_bundle(bundle_path)
+            self.metrics.model_info.labels(self.bundle.name, self.bundle.version, self.task).set(1)
+            if start_worker:
+                warmed = threading.Event()
+                self._thread = threading.Thread(target=self._run, args=(warmed,), name="beem-engine", daemon=True)
+                self._thread.start()
+                warmed.wait()
+                if self._error is not None:
+                    raise RuntimeError(self._error)
+            else:
+                self._warm_up()
+            self._warmed_up = True
+        except Exception as error:
+            self._error = f"{type(error).__name__}: {error}"
+            log.exception("bundle failed to load")
+            raise
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(
+            loaded=self.bundle is not None,
+            warmed_up=self._warmed_up,
+            closed=self._thread is not None and not self._thread.is_alive(),
+            error=self._error,
+            queue_depth=self.queue.depth,
+            inflight_rows=self.inflight_rows,
+        )
+
+    def submit(self, items: list[ItemT]) -> None:
+        self.queue.submit(items)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Admit nothing more, finish every admitted row, stop the engine thread. Rows still in flight after
+        `timeout_s` leave as shutdown."""
+        self.queue.close()
+        if self._thread is None:
+            return
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._stop_now = True
+            self._thread.join(10.0)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+
+    def _run(self, warmed: threading.Event) -> None:
+        try:
+            self._warm_up()
+        except Exception as error:
+            self._error = f"warm-up failed: {type(error).__name__}: {error}"
+            return
+        finally:
+            warmed.set()
+        while self.run_until_idle() or self.queue.wait_for_work():
+            if self._stop_now:
+                break
+        for item, layers in self._all_rows():
+            self._drop([item], RowFate.SHUTDOWN, layers)
+        self.ledger.drop(self.queue.take(1 << 30, 1 << 62, engine_empty=True), RowFate.SHUTDOWN)
+
+    def run_until_idle(self) -> bool:
+        """Admit and step until nothing is in flight or queued; False when there was nothing to do. The engine
+        thread's loop body (benchmarks call it in their own thread)."""
+        did_work = False
+        while not self._stop_now:
+            started = time.perf_counter()
+            left_before = self._rows_left
+            self._admit()
+            if not self.inflight_rows:
+                break
+            did_work = True
+            try:
+                self._step()
+            except Exception as error:  # a bug or a bad input must not kill the engine: fail this step's rows
+                log.exception("engine step failed")
+                for item, layers in self._rows_of_failed_step():
+                    self._drop([item], RowFate.ERROR, layers, f"{type(error).__name__}: {error}")
+            self.drain.record(self._rows_left - left_before, time.perf_counter() - started)
+            self.metrics.inflight_rows.set(self.inflight_rows)
+            self.metrics.drain_rate.set(self.drain.rows_per_s or 0.0)
+        self.metrics.inflight_rows.set(self.inflight_rows)
+        return did_work
+
+    def _admit(self) -> None:
+        room_rows = self.budget.max_rows - self.inflight_rows
+        if room_rows <= 0:
+            return
+        items = self.queue.take(room_rows, self.budget.max_tokens - self.inflight_tokens, not self.inflight_rows)
+        if not items:
+            return
+        self.metrics.batch_size.observe(len(items))
+        try:
+            self._join(items)
+        except Exception as error:
+            log.exception("rows could not join the engine")
+            self._drop(items, RowFate.ERROR, 0, f"{type(error).__name__}: {error}")
