@@ -5,9 +5,10 @@ Thread-safe: the event loop calls `submit` (never blocks), the engine thread cal
 `wait_for_work` when it has nothing in flight.
 
 Admission (DESIGN 6): a request is shed with 429 when the rows already waiting would pass `max_queue_rows`, or when
-their expected wait, rows waiting / the engine's measured drain rate (rows it finishes per busy second), would pass
-`max_queue_wait_s`. Retry-After is that expected wait, rounded up to whole seconds. The wait counts the work ahead
-of the request, not its own rows: an idle server admits any request that passes the row bound.
+their expected wait would pass `max_queue_wait_s`: the rows waiting beyond the room the engine has left (those
+join at its next step) divided by its measured drain rate (rows it finishes per busy second). Retry-After is that
+expected wait, rounded up to whole seconds. The wait counts the work ahead of the request, not its own rows: an
+idle server admits any request that passes the row bound.
 """
 
 from __future__ import annotations
@@ -67,17 +68,19 @@ class AdmissionQueue(Generic[ItemT]):
         self._condition = threading.Condition()
         self._closed = False
         self._last_scan = 0.0
+        self.engine_room_rows = 0  # rows the engine can still take in; it updates this after every step
 
     @property
     def depth(self) -> int:
         return len(self._pending)
 
     def expected_wait_s(self, rows_ahead: int | None = None) -> float:
-        """Seconds until `rows_ahead` queued rows (default: all of them) have gone into the engine, at the
-        measured drain rate; 0 before the rate has been measured."""
-        rows = len(self._pending) if rows_ahead is None else rows_ahead
+        """Seconds until `rows_ahead` queued rows (default: all of them) have gone into the engine: those beyond
+        the engine's free room wait for rows to leave it, at the measured drain rate. 0 before the rate has been
+        measured."""
+        rows = (len(self._pending) if rows_ahead is None else rows_ahead) - max(self.engine_room_rows, 0)
         rate = self.drain.rows_per_s
-        return rows / rate if rows and rate else 0.0
+        return rows / rate if rows > 0 and rate else 0.0
 
     def submit(self, items: list[ItemT]) -> None:
         """Admit all of a request's rows or none of them (the refused ones are counted as shed or shutdown)."""

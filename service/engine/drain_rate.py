@@ -1,9 +1,11 @@
 """How fast the engine works through its rows: rows that leave it per second of busy time, smoothed.
 
 The admission queue divides the rows waiting by this rate to get a new request's expected wait (DESIGN 6: admission
-bounds time, not only rows). Busy time only: an idle engine says nothing about its capacity. Measured over windows
-of at least `window_s` of busy time, each folded into an exponentially weighted average, so the estimate follows
-a change of load or mix (longer texts, deeper exits) within a second or two.
+bounds time, not only rows). Busy time of a full engine only (the engine records the steps it runs while rows wait
+in the queue): an idle or lightly loaded engine says nothing about its capacity, and a new request only waits when
+the engine is full. Measured over windows of at least `window_s` of busy time, each folded into an exponentially
+weighted average, so the estimate follows a change of load or mix (longer texts, deeper exits) within a second or
+two.
 """
 
 from __future__ import annotations

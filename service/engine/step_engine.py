@@ -4,7 +4,8 @@ lifecycle `load` -> `submit`* -> `close`, and `health` says where it is.
 The loop: when nothing is in flight, wait for work; between any two steps, admit queued rows within the budgets
 (which count the rows already in flight); run one step (a layer for a group of rows, or a token for every caption);
 answer the rows that finish at once. A step that raises fails only its own rows (500) and the loop goes on. The
-rows that leave per busy second feed the drain rate that admission divides by.
+rows that leave per busy second of a full engine (rows left waiting in the queue) feed the drain rate that
+admission divides by: a lightly loaded engine drains at the rate rows arrive, which says nothing of its capacity.
 
 Subclasses say how a bundle loads and warms up, how queued rows join (`_admit`), what one step is (`_step`), and
 which rows a failed step takes with it (`_fail_step`).
@@ -218,24 +219,32 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         """Admit and step until nothing is in flight or queued; False when there was nothing to do. The engine
         thread's loop body (benchmarks call it in their own thread)."""
         did_work = False
-        while not self._stop_now:
-            started = time.perf_counter()
-            left_before = self._rows_left
-            self._admit()
-            if not self.inflight_rows:
-                break
+        while not self._stop_now and self.step_once():
             did_work = True
-            try:
-                self._step()
-            except Exception as error:  # a bug or a bad input must not kill the engine: fail this step's rows
-                log.exception("engine step failed")
-                for item, layers in self._rows_of_failed_step():
-                    self._drop([item], RowFate.ERROR, layers, f"{type(error).__name__}: {error}")
-            self.drain.record(self._rows_left - left_before, time.perf_counter() - started)
-            self.metrics.inflight_rows.set(self.inflight_rows)
-            self.metrics.drain_rate.set(self.drain.rows_per_s or 0.0)
-        self.metrics.inflight_rows.set(self.inflight_rows)
         return did_work
+
+    def step_once(self) -> bool:
+        """Admit what fits, then run one step; False when nothing was in flight (no step ran)."""
+        started = time.perf_counter()
+        left_before = self._rows_left
+        self._admit()
+        if not self.inflight_rows:
+            self.queue.engine_room_rows = self.budget.max_rows
+            self.metrics.inflight_rows.set(0)
+            return False
+        saturated = self.queue.depth > 0  # rows wait because the engine is full: what admission's estimate is about
+        try:
+            self._step()
+        except Exception as error:  # a bug or a bad input must not kill the engine: fail this step's rows
+            log.exception("engine step failed")
+            for item, layers in self._rows_of_failed_step():
+                self._drop([item], RowFate.ERROR, layers, f"{type(error).__name__}: {error}")
+        if saturated:
+            self.drain.record(self._rows_left - left_before, time.perf_counter() - started)
+        self.queue.engine_room_rows = self.budget.max_rows - self.inflight_rows
+        self.metrics.inflight_rows.set(self.inflight_rows)
+        self.metrics.drain_rate.set(self.drain.rows_per_s or 0.0)
+        return True
 
     def _admit(self) -> None:
         room_rows = self.budget.max_rows - self.inflight_rows

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from beem.captioning.caption_rows import CaptionRows
 from beem.captioning.early_exit_decoding import DecodedCaption, decode_batch, decode_greedy, reference_decode
 from beem.captioning.multi_exit_decoder import DecoderSpec, LayerCache, MultiExitDecoder
+from beem.policies.array_policies import RowPolicies
 from beem.policies.exit_policies import BeemPolicy, FullDepthPolicy, MaxProbPolicy, beem_c_weights
 
 SPEC = DecoderSpec(vocab_size=24, num_layers=4, hidden_size=32, num_heads=4, ffn_size=64, max_length=16,
@@ -154,3 +157,32 @@ def test_every_row_is_reported_once_and_an_abandoned_row_says_what_it_ran(abando
     else:  # the length limit came with the same token: the caption is complete
         assert decoded[1] is not None and complete[1] == (True, 5)
     assert complete[0] == complete[2] == (True, 5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_caption_joining_others_mid_flight_is_the_same_as_alone(seed: int) -> None:
+    """The serving step loop: images join between token steps at other rows' positions (and rows leave as they
+    finish); every caption still equals its single-image decoding, token for token and exit for exit."""
+    decoder = _decoder(seed)
+    images = torch.cat([_image(seed * 10 + row) for row in range(6)])
+    policies = [MIXED_POLICIES[row % len(MIXED_POLICIES)] for row in range(6)]
+    end = decode_greedy(decoder, images[:1], policies[0], START, -1, 12).tokens[4]  # row 0 ends at its fifth step
+    alone = [decode_greedy(decoder, images[row : row + 1], policies[row], START, end, 12) for row in range(6)]
+    rows = CaptionRows(decoder, START, end, 12)
+    joined_at = {0: [0, 1], 2: [2], 3: [3, 4], 6: [5]}  # step -> the images that join before it
+    order: list[int] = []  # original index of each row in flight
+    results: dict[int, DecodedCaption] = {}
+    step = 0
+    while len(results) < 6:
+        for row in joined_at.get(step, []):
+            rows.join(images[row : row + 1], RowPolicies.of([policies[row]], [SPEC.num_layers], SPEC.num_layers, "cpu"))
+            order.append(row)
+        if rows.num_rows:
+            finished = rows.step()
+            for slot, caption in zip(np.flatnonzero(finished), rows.captions(np.flatnonzero(finished)), strict=True):
+                results[order[slot]] = caption
+            rows.take(~finished)
+            order = [row for row, done in zip(order, finished, strict=True) if not done]
+        step += 1
+    assert [results[row] for row in range(6)] == alone
+    assert len({len(caption.tokens) for caption in alone}) > 1

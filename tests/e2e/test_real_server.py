@@ -162,3 +162,32 @@ def test_rows_of_different_policies_share_a_batch_and_keep_their_own_rule(tiny_b
         assert 'beem_layer_batch_size_sum{layer="3"} 2.0' in metrics
     finally:
         running.stop()
+
+
+def test_sigterm_under_load_answers_every_admitted_request(tiny_bundle_dir: Path) -> None:
+    """The default bundle, 48 requests of every depth in flight or queued when SIGTERM comes: each one is
+    answered (rows at every depth drain), and the process exits."""
+    from service.settings import DEFAULT_BUNDLE
+
+    running = ServerProcess(DEFAULT_BUNDLE, "--max-batch-size", "16", "--group-selection", "shallowest")
+    running.wait_ready(120)
+    policies = [{"name": "static", "layer": layer} for layer in range(1, 7)] + [{"name": "beem-a"}]
+    texts = [f"{TEXTS[i % 4]} ({i}), and then some more words so the rows differ in length" * (1 + i % 3)
+             for i in range(48)]  # fmt: skip
+
+    async def fire_then_terminate() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
+            requests = [asyncio.create_task(client.post("/v1/classify", json={
+                "inputs": text, "policy": policies[i % len(policies)]})) for i, text in enumerate(texts)]  # fmt: skip
+            await asyncio.sleep(0.3)  # all admitted; some answered, the rest queued or at some depth
+            running.process.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*requests)
+
+    try:
+        responses = asyncio.run(fire_then_terminate())
+        assert [r.status_code for r in responses] == [200] * len(texts)
+        layers = {r.json()["results"][0]["exit_layer"] for r in responses}
+        assert layers >= {1, 2, 3, 4, 5, 6}
+        assert running.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        running.stop()

@@ -1,0 +1,41 @@
+"""A failing engine step answers its rows with a 500 (JSON body, counted as error) and the server serves on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from service.settings import ServerSettings
+from tests.api.conftest import ready_client
+
+
+def _failing_once(run_layer: Callable[[object], object]) -> Callable[[object], object]:
+    calls = {"count": 0}
+
+    def run(state: object) -> object:
+        calls["count"] += 1
+        if calls["count"] == 1:
+            raise RuntimeError("injected fault")
+        return run_layer(state)
+
+    return run
+
+
+def test_a_step_that_raises_answers_500_and_the_next_request_is_served(
+    tiny_bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for client in ready_client(ServerSettings(bundle=tiny_bundle_dir)):
+        model = client.app.state.engine.bundle.model  # type: ignore[attr-defined]
+        monkeypatch.setattr(model, "run_layer", _failing_once(model.run_layer))
+        failed = client.post("/v1/classify", json={"inputs": ["one", "two"]})
+        assert failed.status_code == 500
+        assert failed.json() == {"error": "the engine failed on this request (RuntimeError: injected fault)",
+                                 "error_type": "internal"}  # fmt: skip
+        served = client.post("/v1/classify", json={"inputs": ["one", "two"], "policy": {"name": "full"}})
+        assert served.status_code == 200
+        assert [r["exit_layer"] for r in served.json()["results"]] == [3, 3]
+        metrics = client.get("/metrics").text
+        assert 'beem_rows_total{outcome="error",task="classification"} 2.0' in metrics
+        assert 'beem_requests_total{policy="beem-a",route="/v1/classify",status="500"} 1.0' in metrics
