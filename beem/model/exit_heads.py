@@ -35,12 +35,21 @@ class ExitHeadSpec:
         return asdict(self)
 
 
-def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(B, T, H) hidden states and (B, T) mask -> (B, H), ignoring padding so batching never changes a row."""
+def pool_hidden(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pooling: str,
+    mean_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(B, T, H) hidden states and (B, T) mask -> (B, H), ignoring padding so batching never changes a row.
+    `mean_weights`: the mask's token weights (B, T, 1) and counts (B, 1), when the caller keeps them."""
     if pooling == "cls":
         return hidden[:, 0]
-    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    if mean_weights is None:
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+        mean_weights = weights, weights.sum(dim=1).clamp(min=1.0)
+    weights, counts = mean_weights
+    return (hidden * weights).sum(dim=1) / counts
 
 
 class ExitHeads(nn.Module):
@@ -58,9 +67,15 @@ class ExitHeads(nn.Module):
             assert isinstance(pooler, nn.Linear)
             pooler.load_state_dict(pretrained_pooler_dense.state_dict())
 
-    def forward(self, exit_index: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        exit_index: int,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mean_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Logits of exit `exit_index` (0-based): (B, T, H), (B, T) -> (B, num_labels)."""
-        pooled = pool_hidden(hidden, attention_mask, self.spec.pooling)  # (B, H)
+        pooled = pool_hidden(hidden, attention_mask, self.spec.pooling, mean_weights)  # (B, H)
         pooler = self.poolers[0 if self.spec.shared_pooler else exit_index]
         classifier: nn.Module = self.classifiers[exit_index]
         if self.training:

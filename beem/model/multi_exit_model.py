@@ -79,7 +79,7 @@ class MultiExitModel(nn.Module):
         """Logits of the exit after the layer `state` last ran: (B, num_labels)."""
         if state.layers_done < 1:
             raise ValueError("no layer has run yet: call run_layer before exit_logits")
-        result: torch.Tensor = self.heads(state.layers_done - 1, state.hidden, state.attention_mask)
+        result: torch.Tensor = self.heads(state.layers_done - 1, state.hidden, state.attention_mask, state.pool_weights)
         return result
 
     def all_exit_logits(

@@ -22,9 +22,10 @@ from typing import Self
 import torch
 
 from beem.policies.exit_policies import BeemPolicy, ExitPolicy
-from beem.policies.policy_table import RULE_OF_CLASS
+from beem.policies.policy_table import RULE_OF_CLASS, ArrayRule
 
 NO_LABEL = -1  # previous_label of a row that has seen no exit yet
+EVERY_RULE = frozenset(ArrayRule)
 
 
 @dataclass(frozen=True)
@@ -48,24 +49,36 @@ class _Rows:
         return int(getattr(self, fields(self)[0].name).shape[0])
 
 
+def _take(tensor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if tensor is None else tensor[rows]
+
+
+def _cat(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
+    return None if first is None or second is None else torch.cat((first, second))
+
+
 @dataclass(frozen=True)
 class ExitObservations(_Rows):
     """What one exit head said about each row."""
 
     labels: torch.Tensor  # (R,) int64, argmax
     confidences: torch.Tensor  # (R,) float64, max probability
-    entropies: torch.Tensor  # (R,) float64, nats
+    entropies: torch.Tensor | None  # (R,) float64, nats; None when no row's rule reads it
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor) -> ExitObservations:
-        """(R, C) logits of any dtype -> observations computed in float32, widened to float64."""
-        labels, confidences, entropies = summarize_exits(logits)
-        return cls(labels, confidences.double(), entropies.double())
+    def from_logits(cls, logits: torch.Tensor, with_entropy: bool = True) -> ExitObservations:
+        """(R, C) logits of any dtype -> observations computed in float32, widened to float64 (the entropy only
+        when asked: the engine skips it for groups with no entropy rows)."""
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        probs = log_probs.exp()
+        confidences, labels = probs.max(dim=-1)
+        entropies = -(probs * log_probs).sum(dim=-1).double() if with_entropy else None
+        return cls(labels, confidences.double(), entropies)
 
 
 def summarize_exits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(..., C) logits -> labels, max probabilities and entropies, each (...), in float32. Shared by the exit
-    cache (calibration) and serving, so both see the same numbers."""
+    """(..., C) logits -> labels, max probabilities and entropies, each (...), in float32: the exit cache's
+    numbers (`ExitObservations.from_logits` computes the same, op for op, for serving)."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     probs = log_probs.exp()
     confidences, labels = probs.max(dim=-1)
@@ -125,23 +138,53 @@ class RowStates(_Rows):
         zeros = torch.zeros(count, dtype=torch.int64, device=device)
         return cls(torch.zeros(count, dtype=torch.float64, device=device), zeros - 1, zeros, zeros)
 
+    @classmethod
+    def after_skipped_heads(cls, count: int, layers_seen: int, device: torch.device | str = "cpu") -> RowStates:
+        """Depth-only rows (static, full) after `layers_seen` layers whose exit heads were skipped because no row
+        could use them (the reference after as many `BLIND_OBSERVATION`s): the depth as score, no label. The
+        engine builds this only when such rows meet a step that reads an exit, instead of a step per layer."""
+        depth = torch.full((count,), layers_seen, dtype=torch.int64, device=device)
+        return cls(depth.double(), torch.full_like(depth, NO_LABEL), torch.zeros_like(depth), depth)
 
-def fold(states: RowStates, observed: ExitObservations, policies: RowPolicies) -> RowStates:
-    """Fold the next exit's observation into every row's score (`ExitPolicy.update`, all rules at once)."""
-    first = states.previous_label == NO_LABEL
-    agree = observed.labels == states.previous_label  # never true on a first exit: labels are >= 0
-    # BEEM (DESIGN 3.1): accumulate w_i * C_i while neighbours agree; a first exit or a disagreement starts again.
-    weight = policies.weights.gather(1, states.layers_seen.unsqueeze(1)).squeeze(1)  # (R,) w_i, i = this exit
-    contribution = weight * observed.confidences
-    keeps_contribution = torch.where(first, policies.count_first_exit, policies.restart_on_disagree)
-    beem = torch.where(agree, states.score + contribution, torch.where(keeps_contribution, contribution, 0.0))
-    run = torch.where(agree, states.agreeing_run + 1, 0)
+
+def fold(
+    states: RowStates, observed: ExitObservations, policies: RowPolicies, rules: frozenset[ArrayRule] = EVERY_RULE
+) -> RowStates:
+    """Fold the next exit's observation into every row's score (`ExitPolicy.update`, all rules at once).
+
+    `rules` may name the only rules among these rows (the engine knows them per group): the other rules' scores
+    are then not computed, and a group of one rule skips the selection. `agreeing_run` is kept up to date only
+    when patience is among them (no other rule reads it)."""
     layers_seen = states.layers_seen + 1
-    # One candidate per ArrayRule, in its order; each row keeps its own rule's.
-    candidates = torch.stack(
-        (beem, observed.confidences, -observed.entropies, run.double(), layers_seen.double()), dim=1
-    )  # (R, len(ArrayRule))
-    score = candidates.gather(1, policies.rule.unsqueeze(1)).squeeze(1)
+    candidates: dict[ArrayRule, torch.Tensor] = {}
+    run = states.agreeing_run
+    if ArrayRule.BEEM in rules or ArrayRule.PATIENCE in rules:
+        agree = observed.labels == states.previous_label  # never true on a first exit: labels are >= 0
+        if ArrayRule.PATIENCE in rules:
+            run = torch.where(agree, states.agreeing_run + 1, 0)
+            candidates[ArrayRule.PATIENCE] = run.double()
+        if ArrayRule.BEEM in rules:
+            # DESIGN 3.1: accumulate w_i * C_i while neighbours agree; a first exit or a disagreement starts again.
+            first = states.previous_label == NO_LABEL
+            weight = policies.weights.gather(1, states.layers_seen.unsqueeze(1)).squeeze(1)  # (R,) w_i, this exit
+            contribution = weight * observed.confidences
+            keeps_contribution = torch.where(first, policies.count_first_exit, policies.restart_on_disagree)
+            candidates[ArrayRule.BEEM] = torch.where(
+                agree, states.score + contribution, torch.where(keeps_contribution, contribution, 0.0)
+            )
+    if ArrayRule.MAX_PROB in rules:
+        candidates[ArrayRule.MAX_PROB] = observed.confidences
+    if ArrayRule.ENTROPY in rules:
+        assert observed.entropies is not None, "entropy rows need observations with the entropy"
+        candidates[ArrayRule.ENTROPY] = -observed.entropies
+    if ArrayRule.DEPTH in rules:
+        candidates[ArrayRule.DEPTH] = layers_seen.double()
+    if len(candidates) == 1:
+        (score,) = candidates.values()
+    else:  # one column per ArrayRule, in its order (an absent rule's column is never selected)
+        filler = next(iter(candidates.values()))
+        table = torch.stack([candidates.get(rule, filler) for rule in ArrayRule], dim=1)  # (R, len(ArrayRule))
+        score = table.gather(1, policies.rule.unsqueeze(1)).squeeze(1)
     return RowStates(score, observed.labels, run, layers_seen)
 
 
@@ -153,15 +196,9 @@ def reaches_exit(
     return (score >= threshold) | (layers_seen >= last_layer)
 
 
-def decide(states: RowStates, observed: ExitObservations, policies: RowPolicies) -> tuple[RowStates, torch.Tensor]:
+def decide(
+    states: RowStates, observed: ExitObservations, policies: RowPolicies, rules: frozenset[ArrayRule] = EVERY_RULE
+) -> tuple[RowStates, torch.Tensor]:
     """`ExitPolicy.step` for a whole group: the new states and a (R,) bool, True for rows that exit now."""
-    folded = fold(states, observed, policies)
+    folded = fold(states, observed, policies, rules)
     return folded, reaches_exit(folded.score, folded.layers_seen, policies.threshold, policies.last_layer)
-
-
-def advance_without_exit_head(states: RowStates) -> RowStates:
-    """A layer whose exit head was skipped because no row can use it: only depth-only rows (static, full) that do
-    not leave at this layer, so only the depth moves (the reference's `BLIND_OBSERVATION`)."""
-    layers_seen = states.layers_seen + 1
-    return RowStates(layers_seen.double(), torch.full_like(layers_seen, NO_LABEL), torch.zeros_like(layers_seen),
-                     layers_seen)  # fmt: skip

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,17 @@ import numpy as np
 import torch
 
 from beem.bundle.bundle_reader import LoadedBundle, load_bundle
-from beem.policies.array_policies import (
-    ExitObservations,
-    RowPolicies,
-    RowStates,
-    advance_without_exit_head,
-    decide,
-)
+from beem.policies.array_policies import ExitObservations, RowPolicies, RowStates, decide
+from beem.policies.exit_policies import ExitPolicy
+from beem.policies.policy_table import RULE_OF_CLASS
 from service.engine.group_selection import pick_group
-from service.engine.row_group import RowGroup
+from service.engine.row_group import RowGroup, new_traces
 from service.engine.row_outcome import ClassAnswer, ExitTrace, RowFate
 from service.engine.step_engine import StepEngine
 from service.engine.work_item import WorkItem
 
 TASK = "classification"
+POLICY_ROW_CACHE_SIZE = 1024  # (policy, depth limit) pairs whose parameter rows are kept ready
 
 
 class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
@@ -46,9 +42,15 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
         super().__init__(*args, **kwargs)
         self.groups: list[RowGroup] = []  # waiting for their next step, at most one per depth unless too wide
         self._current: RowGroup | None = None  # the group the running step took out of `groups`
+        self._policy_row_cache: dict[tuple[ExitPolicy, int], RowPolicies] = {}
+        self._layer_batch_size: dict[int, Any] = {}  # per layer, the labelled histogram (looked up once)
 
     def _load_bundle(self, bundle_path: Path) -> LoadedBundle:
-        return load_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
+        bundle = load_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
+        self._layer_batch_size = {
+            layer: self.metrics.layer_batch_size.labels(str(layer)) for layer in range(1, bundle.num_layers + 1)
+        }
+        return bundle
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
@@ -77,35 +79,52 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
 
     # -- joining ----------------------------------------------------------------------------------------------
 
+    def _policy_rows(self, item: WorkItem) -> RowPolicies:
+        """One row of policy parameters, made once per (policy, depth limit): requests reuse the bundle's
+        calibrated policies, so joining rows mostly concatenates ready tensors."""
+        key = (item.policy, item.last_layer)
+        rows = self._policy_row_cache.get(key)
+        if rows is None:
+            assert self.bundle is not None
+            if len(self._policy_row_cache) >= POLICY_ROW_CACHE_SIZE:
+                self._policy_row_cache.clear()
+            num_layers = self.bundle.num_layers
+            rows = RowPolicies.of([item.policy], [item.last_layer], num_layers, self.device)
+            self._policy_row_cache[key] = rows
+        return rows
+
     @torch.inference_mode()
     def _join(self, items: list[WorkItem]) -> None:
         """Pad the new rows to their longest, embed them: a new group at depth 0."""
         assert self.bundle is not None
-        model, num_layers = self.bundle.model, self.bundle.num_layers
-        lengths = np.fromiter((item.num_tokens for item in items), dtype=np.int64, count=len(items))
+        model, num_layers, count = self.bundle.model, self.bundle.num_layers, len(items)
+        lengths = np.fromiter((item.num_tokens for item in items), dtype=np.int64, count=count)
         longest = int(lengths.max())
         pad_id = self.bundle.tokenizer.pad_token_id or 0
         input_ids = torch.tensor([item.input_ids + [pad_id] * (longest - item.num_tokens) for item in items])
-        attention_mask = (torch.arange(longest)[None, :] < torch.from_numpy(lengths)[:, None]).long()  # (R, T)
+        attention_mask = torch.ones((count, longest), dtype=torch.long)  # (R, T)
+        if longest * count != int(lengths.sum()):
+            attention_mask = (torch.arange(longest)[None, :] < torch.from_numpy(lengths)[:, None]).long()
         token_types = None
         if items[0].token_type_ids is not None:
             token_types = torch.tensor([(item.token_type_ids or []) + [0] * (longest - item.num_tokens)
                                         for item in items])  # fmt: skip
         move = (lambda t: t.to(self.device, non_blocking=True)) if self.device.type == "cuda" else (lambda t: t)
         encoder = model.embed(move(input_ids), move(attention_mask), None if token_types is None else move(token_types))
-        count = len(items)
+        policy_rows = [self._policy_rows(item) for item in items]
+        policies = policy_rows[0]
+        for more in policy_rows[1:]:
+            policies = policies.cat(more)
         group = RowGroup(
             encoder=encoder,
             states=RowStates.fresh(count, self.device),
-            policies=RowPolicies.of(
-                [item.policy for item in items], [item.last_layer for item in items], num_layers, self.device
-            ),
-            trace_labels=torch.zeros((count, num_layers), dtype=torch.int64, device=self.device),
-            trace_confidences=torch.zeros((count, num_layers), dtype=torch.float64, device=self.device),
+            policies=policies,
+            traces=new_traces(count, num_layers, self.device) if any(i.return_exits for i in items) else None,
             items=_object_array(items),
             lengths=lengths,
             deadlines=np.fromiter((item.deadline for item in items), dtype=np.float64, count=count),
             head_from=np.fromiter((_first_exit_head_needed(item) for item in items), dtype=np.int64, count=count),
+            rule_codes=np.fromiter((RULE_OF_CLASS[type(item.policy)] for item in items), dtype=np.int64, count=count),
             oldest_at=time.monotonic(),
             cancellations_seen=self._cancellations,
         )
@@ -118,7 +137,7 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
                 width = max(other.encoder.hidden.shape[1], group.encoder.hidden.shape[1])
                 if (other.num_rows + group.num_rows) * width <= self.budget.max_tokens:
                     assert self.bundle is not None
-                    self.groups[index] = other.merged(group, self.bundle.model.backbone)
+                    self.groups[index] = other.merged(group, self.bundle.model.backbone, self.bundle.num_layers)
                     return
         self.groups.append(group)
 
@@ -139,11 +158,14 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
 
     def _without_abandoned(self, group: RowGroup) -> RowGroup | None:
         """Rows whose deadline passed or whose client left leave before this step spends anything on them."""
-        timed_out = group.deadlines <= time.monotonic()
+        now = time.monotonic()
+        if group.earliest_deadline > now and group.cancellations_seen == self._cancellations:
+            return group  # the usual case: nothing to look at
+        timed_out = group.deadlines <= now
         cancelled = np.zeros_like(timed_out)
         if group.cancellations_seen != self._cancellations:  # a client left somewhere since this group was looked at
             cancelled = np.fromiter((item.cancelled for item in group.items), dtype=bool, count=group.num_rows)
-            group = replace(group, cancellations_seen=self._cancellations)
+            group.cancellations_seen = self._cancellations
         if not (timed_out.any() or cancelled.any()):
             return group
         self._drop(group.items[cancelled], RowFate.CLIENT_GONE, group.depth)
@@ -157,16 +179,19 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
         assert self.bundle is not None
         model = self.bundle.model
         layer = group.depth + 1
-        self.metrics.layer_batch_size.labels(str(layer)).observe(group.num_rows)
-        encoder = model.run_layer(group.encoder)
-        if not (group.head_from <= layer).any():  # only depth-only rows that do not leave here: skip the head
-            return replace(group, encoder=encoder, states=advance_without_exit_head(group.states))
-        logits = model.exit_logits(encoder)  # (R, C)
-        observed = ExitObservations.from_logits(logits)
-        states, exits = decide(group.states, observed, group.policies)
-        group.trace_labels[:, layer - 1] = observed.labels
-        group.trace_confidences[:, layer - 1] = observed.confidences
-        group = replace(group, encoder=encoder, states=states)
+        self._layer_batch_size[layer].observe(group.num_rows)
+        if layer < group.next_head_layer:  # only depth-only rows that do not leave here: skip the head
+            group.encoder = model.run_layer(group.encoder)
+            return group
+        states = group.current_states()  # caught up to `depth` before this layer
+        group.encoder = model.run_layer(group.encoder)
+        logits = model.exit_logits(group.encoder)  # (R, C)
+        observed = ExitObservations.from_logits(logits, with_entropy=group.reads_entropy)
+        group.states, exits = decide(states, observed, group.policies, group.rules)
+        group.states_layers = layer
+        if group.traces is not None:
+            group.traces[0][:, layer - 1] = observed.labels
+            group.traces[1][:, layer - 1] = observed.confidences
         exit_now = exits.cpu().numpy()  # (R,) the step's one read back (a view on CPU)
         if not exit_now.any():
             return group
@@ -180,28 +205,33 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
         """Read back what the exited rows need, and answer each: label and score, plus the distribution and the
         exit trace for rows that asked for them."""
         rows = np.flatnonzero(exit_now)
-        index = torch.from_numpy(rows).to(logits.device)
         items = group.items[rows]
-        labels = observed.labels[index].tolist()
-        scores = observed.confidences[index].tolist()
-        wants_distribution = [item.wants_distribution for item in items]
+        if len(rows) == group.num_rows:  # everyone leaves: no gather needed
+            labels, scores, exited_logits = observed.labels.tolist(), observed.confidences.tolist(), logits
+            index = None
+        else:
+            index = torch.from_numpy(rows).to(logits.device)
+            labels, scores = observed.labels[index].tolist(), observed.confidences[index].tolist()
+            exited_logits = logits[index]
         probabilities: list[list[float]] | None = None
         raw: list[list[float]] | None = None
-        if any(wants_distribution):
-            exited_logits = logits[index].float()  # (E, C)
-            probabilities, raw = torch.softmax(exited_logits, dim=-1).tolist(), exited_logits.tolist()
+        if any(item.wants_distribution for item in items):
+            raw_logits = exited_logits.float()  # (E, C)
+            probabilities, raw = torch.softmax(raw_logits, dim=-1).tolist(), raw_logits.tolist()
         traces: list[list[int]] | None = None
         trace_confidences: list[list[float]] | None = None
-        if any(item.return_exits for item in items):
-            traces = group.trace_labels[index, :layer].tolist()
-            trace_confidences = group.trace_confidences[index, :layer].tolist()
+        if group.traces is not None:
+            trace_labels, trace_values = group.traces
+            if index is not None:
+                trace_labels, trace_values = trace_labels[index], trace_values[index]
+            traces, trace_confidences = trace_labels[:, :layer].tolist(), trace_values[:, :layer].tolist()
         for slot, item in enumerate(items):
             exits: tuple[ExitTrace, ...] = ()
             if item.return_exits and traces is not None and trace_confidences is not None:
                 exits = tuple(ExitTrace(i + 1, label, confidence)
                               for i, (label, confidence) in enumerate(zip(traces[slot], trace_confidences[slot],
                                                                           strict=True)))  # fmt: skip
-            distribution = probabilities is not None and item.wants_distribution
+            distribution = probabilities is not None and raw is not None and item.wants_distribution
             answer = ClassAnswer(
                 label=labels[slot],
                 score=scores[slot],

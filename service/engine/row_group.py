@@ -1,14 +1,19 @@
 """Rows at one depth of the encoder, travelling together: their hidden states, their policy state and parameters
 (device tensors, one row each), and what the host needs of them (numpy arrays, so selecting rows is a constant
-number of calls, not a loop over rows).
+number of calls, not a loop over rows, plus a few scalars the step loop reads without touching an array).
 
 Groups from different arrivals at the same depth merge (re-padded to the longer one); rows that leave are cut out
 and the padding trimmed to the longest row left.
+
+A step's Python runs right after a layer has streamed megabytes of weights through the caches, so every operation
+on the hot path costs many times its micro-benchmark: what a step asks of a group is kept as plain scalars
+(`next_head_layer`, `earliest_deadline`), and the policy states of depth-only rows are not stepped while their exit
+heads are skipped (`states_layers` lags; `current_states` catches them up in one call when a head next runs).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,21 +21,31 @@ from torch.nn import functional
 
 from beem.model.layerwise_backbone import EncoderState, LayerwiseBackbone
 from beem.policies.array_policies import RowPolicies, RowStates
+from beem.policies.policy_table import ArrayRule
 
 
-@dataclass(frozen=True, eq=False)  # a group is itself: never compared by its tensors
+@dataclass(eq=False)  # a group is itself: never compared by its tensors
 class RowGroup:
     encoder: EncoderState  # hidden (R, T, H) after `depth` layers, attention mask (R, T)
-    states: RowStates  # (R,) policy state
+    states: RowStates  # (R,) policy state after `states_layers` exits
     policies: RowPolicies  # (R,) exit parameters
-    trace_labels: torch.Tensor  # (R, L) int64: every computed exit's label, for rows that return their exits
-    trace_confidences: torch.Tensor  # (R, L) float64
+    traces: tuple[torch.Tensor, torch.Tensor] | None  # (R, L) labels and confidences of every computed exit, kept
+    # only while some row returns its exits
     items: np.ndarray  # (R,) object: the WorkItems
     lengths: np.ndarray  # (R,) int64: tokens per row
     deadlines: np.ndarray  # (R,) float64: time.monotonic() deadlines
     head_from: np.ndarray  # (R,) int64: the first layer whose exit head this row needs (1: every layer)
+    rule_codes: np.ndarray  # (R,) int64: each row's ArrayRule
     oldest_at: float  # when its oldest row joined the engine
-    cancellations_seen: int = 0  # the engine's cancellation count when this group was last searched for them
+    cancellations_seen: int  # the engine's cancellation count when this group was last searched for them
+    states_layers: int = 0  # the exits `states` has folded in (< depth after skipped heads)
+    next_head_layer: int = 0  # min(head_from): no exit head is needed before this layer
+    earliest_deadline: float = 0.0  # min(deadlines)
+
+    def __post_init__(self) -> None:
+        self.next_head_layer = int(self.head_from.min())
+        self.earliest_deadline = float(self.deadlines.min())
+        self.rules = frozenset(ArrayRule(code) for code in np.unique(self.rule_codes).tolist())  # among its rows
 
     @property
     def depth(self) -> int:
@@ -44,6 +59,18 @@ class RowGroup:
     def padded_tokens(self) -> int:
         return self.num_rows * int(self.encoder.hidden.shape[1])
 
+    @property
+    def reads_entropy(self) -> bool:
+        return ArrayRule.ENTROPY in self.rules
+
+    def current_states(self) -> RowStates:
+        """The states after every layer run so far. Heads are skipped only while every row is depth-only (no
+        other rule can do without its exit), so lagging states are those of depth-only rows."""
+        if self.states_layers != self.depth:
+            self.states = RowStates.after_skipped_heads(self.num_rows, self.depth, self.encoder.hidden.device)
+            self.states_layers = self.depth
+        return self.states
+
     def take(self, keep: np.ndarray, backbone: LayerwiseBackbone) -> RowGroup:
         """The rows where `keep` (R,) is True; padding trimmed to the longest of them."""
         rows = torch.from_numpy(np.flatnonzero(keep)).to(self.encoder.hidden.device)
@@ -53,38 +80,57 @@ class RowGroup:
             encoder = backbone.regroup(
                 encoder.hidden[:, :longest], encoder.attention_mask[:, :longest], encoder.layers_done
             )
-        return replace(
-            self,
+        items = self.items[keep]
+        keeps_traces = self.traces is not None and any(item.return_exits for item in items)
+        return RowGroup(
             encoder=encoder,
-            states=self.states.take(rows),
+            states=self.current_states().take(rows),
             policies=self.policies.take(rows),
-            trace_labels=self.trace_labels[rows],
-            trace_confidences=self.trace_confidences[rows],
-            items=self.items[keep],
+            traces=(self.traces[0][rows], self.traces[1][rows]) if keeps_traces and self.traces else None,
+            items=items,
             lengths=self.lengths[keep],
             deadlines=self.deadlines[keep],
             head_from=self.head_from[keep],
+            rule_codes=self.rule_codes[keep],
+            oldest_at=self.oldest_at,
+            cancellations_seen=self.cancellations_seen,
+            states_layers=self.depth,
         )
 
-    def merged(self, other: RowGroup, backbone: LayerwiseBackbone) -> RowGroup:
+    def merged(self, other: RowGroup, backbone: LayerwiseBackbone, num_layers: int) -> RowGroup:
         """This group and `other` (same depth) as one, padded to the longer of the two."""
         assert other.depth == self.depth
         width = max(self.encoder.hidden.shape[1], other.encoder.hidden.shape[1])
         hidden = torch.cat([_pad_tokens(g.encoder.hidden, width) for g in (self, other)])  # (R1 + R2, T, H)
         mask = torch.cat([_pad_tokens(g.encoder.attention_mask, width) for g in (self, other)])  # (R1 + R2, T)
+        traces = None
+        if self.traces is not None or other.traces is not None:
+            parts = [g.traces or _no_traces(g.num_rows, num_layers, hidden.device) for g in (self, other)]
+            traces = (torch.cat((parts[0][0], parts[1][0])), torch.cat((parts[0][1], parts[1][1])))
         return RowGroup(
             encoder=backbone.regroup(hidden, mask, self.depth),
-            states=self.states.cat(other.states),
+            states=self.current_states().cat(other.current_states()),
             policies=self.policies.cat(other.policies),
-            trace_labels=torch.cat((self.trace_labels, other.trace_labels)),
-            trace_confidences=torch.cat((self.trace_confidences, other.trace_confidences)),
+            traces=traces,
             items=np.concatenate((self.items, other.items)),
             lengths=np.concatenate((self.lengths, other.lengths)),
             deadlines=np.concatenate((self.deadlines, other.deadlines)),
             head_from=np.concatenate((self.head_from, other.head_from)),
+            rule_codes=np.concatenate((self.rule_codes, other.rule_codes)),
             oldest_at=min(self.oldest_at, other.oldest_at),
             cancellations_seen=min(self.cancellations_seen, other.cancellations_seen),
+            states_layers=self.depth,
         )
+
+
+def _no_traces(count: int, num_layers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.zeros((count, num_layers), dtype=torch.int64, device=device),
+            torch.zeros((count, num_layers), dtype=torch.float64, device=device))  # fmt: skip
+
+
+def new_traces(count: int, num_layers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty exit traces for `count` rows: labels (R, L) and confidences (R, L)."""
+    return _no_traces(count, num_layers, device)
 
 
 def _pad_tokens(tensor: torch.Tensor, width: int) -> torch.Tensor:

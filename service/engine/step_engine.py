@@ -229,8 +229,7 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         left_before = self._rows_left
         self._admit()
         if not self.inflight_rows:
-            self.queue.engine_room_rows = self.budget.max_rows
-            self.metrics.inflight_rows.set(0)
+            self._publish(0)
             return False
         saturated = self.queue.depth > 0  # rows wait because the engine is full: what admission's estimate is about
         try:
@@ -241,19 +240,28 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
                 self._drop([item], RowFate.ERROR, layers, f"{type(error).__name__}: {error}")
         if saturated:
             self.drain.record(self._rows_left - left_before, time.perf_counter() - started)
-        self.queue.engine_room_rows = self.budget.max_rows - self.inflight_rows
-        self.metrics.inflight_rows.set(self.inflight_rows)
-        self.metrics.drain_rate.set(self.drain.rows_per_s or 0.0)
+            self.metrics.drain_rate.set(self.drain.rows_per_s or 0.0)
+        if self._rows_left != left_before or saturated:
+            self._publish(self.inflight_rows)
         return True
+
+    def _publish(self, inflight: int) -> None:
+        """The room admission may count on, and the in-flight gauge (only when rows came or went: a step's Python
+        runs with cold caches, so the loop does no bookkeeping it does not need)."""
+        self.queue.engine_room_rows = self.budget.max_rows - inflight
+        self.metrics.inflight_rows.set(inflight)
 
     def _admit(self) -> None:
         room_rows = self.budget.max_rows - self.inflight_rows
         if room_rows <= 0:
             return
+        if not self.queue.depth:
+            return
         items = self.queue.take(room_rows, self.budget.max_tokens - self.inflight_tokens, not self.inflight_rows)
         if not items:
             return
         self.metrics.batch_size.observe(len(items))
+        self._publish(self.inflight_rows + len(items))
         try:
             self._join(items)
         except Exception as error:

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from beem.calibration.exit_cache import ExitCache
 from beem.calibration.threshold_search import exit_layers_at, score_trajectories
 from beem.policies.array_policies import (
+    EVERY_RULE,
     ExitObservations,
     RowPolicies,
     RowStates,
-    advance_without_exit_head,
     decide,
     summarize_exits,
 )
@@ -39,7 +39,7 @@ from beem.policies.exit_policies import (
     StaticPolicy,
     run_sample,
 )
-from beem.policies.policy_table import POLICY_TABLE
+from beem.policies.policy_table import POLICY_TABLE, RULE_OF_CLASS
 
 CONFIDENCES = st.one_of(st.sampled_from([0.5, 0.65, 0.7, 0.9, 1.0]), st.floats(0.0, 1.0))
 ENTROPIES = st.one_of(st.sampled_from([0.0, 0.25, 0.5]), st.floats(0.0, 2.0))
@@ -62,9 +62,9 @@ def reference_scores(policy: ExitPolicy, row: list[ExitObservation]) -> list[flo
 
 
 @st.composite
-def row_policy(draw: st.DrawFn, num_layers: int, row: list[ExitObservation]) -> ExitPolicy:
-    """Any policy of the table; the threshold is often one of the scores this row reaches."""
-    kind = draw(st.sampled_from(sorted(POLICY_TABLE)))
+def row_policy(draw: st.DrawFn, num_layers: int, row: list[ExitObservation], kind: str | None = None) -> ExitPolicy:
+    """A policy of the table (any, or of `kind`); the threshold is often one of the scores this row reaches."""
+    kind = kind or draw(st.sampled_from(sorted(POLICY_TABLE)))
     policy: ExitPolicy
     if kind in ("beem-a", "beem-c"):
         weights = tuple(draw(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.8, 1.0]) | st.floats(0, 2),
@@ -90,7 +90,8 @@ def groups(draw: st.DrawFn) -> tuple[int, list[list[ExitObservation]], list[Exit
     num_layers = draw(st.integers(1, 7))
     num_labels = draw(st.integers(1, 4))
     rows = draw(st.lists(observation_rows(num_layers, num_labels), min_size=1, max_size=10))
-    policies = [draw(row_policy(num_layers, row)) for row in rows]
+    kind = draw(st.none() | st.sampled_from(sorted(POLICY_TABLE)))  # None: every row its own kind
+    policies = [draw(row_policy(num_layers, row, kind)) for row in rows]
     last_layers = [draw(st.integers(1, num_layers)) for _ in rows]
     return num_layers, rows, policies, last_layers
 
@@ -105,11 +106,13 @@ def _column(rows: list[list[ExitObservation]], active: list[int], layer: int) ->
 
 
 @settings(max_examples=300, deadline=None)
-@given(groups())
+@given(groups(), st.booleans())
 def test_array_form_equals_the_reference_decision_for_decision(
-    group: tuple[int, list[list[ExitObservation]], list[ExitPolicy], list[int]],
+    group: tuple[int, list[list[ExitObservation]], list[ExitPolicy], list[int]], told_the_rules: bool
 ) -> None:
+    """With every rule computed, and with only the rules present (as the engine tells it per group)."""
     num_layers, rows, policies, last_layers = group
+    rules = frozenset(RULE_OF_CLASS[type(p)] for p in policies) if told_the_rules else EVERY_RULE
     array_policies = RowPolicies.of(policies, last_layers, num_layers, "cpu")
     array_states = RowStates.fresh(len(rows))
     reference = [PolicyState() for _ in rows]
@@ -117,7 +120,7 @@ def test_array_form_equals_the_reference_decision_for_decision(
     for layer in range(num_layers):
         if not active:
             break
-        array_states, exits = decide(array_states, _column(rows, active, layer), array_policies)
+        array_states, exits = decide(array_states, _column(rows, active, layer), array_policies, rules)
         survivors = []
         for slot, row in enumerate(active):
             decision = policies[row].step(reference[row], rows[row][layer], last_layers[row])
@@ -136,28 +139,26 @@ def test_array_form_equals_the_reference_decision_for_decision(
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 6), st.lists(st.sampled_from(["static", "full"]), min_size=1, max_size=6), st.data())
-def test_skipping_the_exit_head_equals_the_blind_reference(
+def test_states_after_skipped_heads_equal_the_blind_reference(
     num_layers: int, kinds: list[str], data: st.DataObject
 ) -> None:
+    """Depth-only rows whose exit heads were skipped: the states the engine builds when they next meet an exit
+    head, and the exits decided there, equal the reference fed `BLIND_OBSERVATION` at every skipped layer."""
     policies: list[ExitPolicy] = [
         StaticPolicy(data.draw(st.integers(1, num_layers))) if kind == "static" else FullDepthPolicy() for kind in kinds
     ]
     array_policies = RowPolicies.of(policies, [num_layers] * len(policies), num_layers, "cpu")
-    states = RowStates.fresh(len(policies))
     reference = [PolicyState() for _ in policies]
-    for _ in range(num_layers - 1):
-        blind = advance_without_exit_head(states)
-        # the engine skips the head only where no row leaves; check the decisions it would have made
+    for layers_seen in range(num_layers):
+        states = RowStates.after_skipped_heads(len(policies), layers_seen)
         zeros = torch.zeros(len(policies), dtype=torch.float64)
-        unread = ExitObservations(zeros.long(), zeros, zeros)
-        _, exits = decide(states, unread, array_policies)
+        _, exits = decide(states, ExitObservations(zeros.long(), zeros, zeros), array_policies)
         for row, policy in enumerate(policies):
+            assert float(states.score[row]) == (reference[row].score if layers_seen else 0.0)
+            assert int(states.layers_seen[row]) == reference[row].layers_seen
             decision = policy.step(reference[row], BLIND_OBSERVATION, num_layers)
             assert bool(exits[row]) == decision.exit_now
             reference[row] = decision.state
-            assert float(blind.score[row]) == decision.state.score
-            assert int(blind.layers_seen[row]) == decision.state.layers_seen
-        states = blind
 
 
 @settings(max_examples=40, deadline=None)
