@@ -12,9 +12,9 @@ import random
 import time
 from dataclasses import dataclass, field
 
-import httpx
 from tqdm import tqdm
 
+from loadtest.http_connection import ConnectionPool, HttpError
 from loadtest.workload import Workload
 
 ROUND_STRIDE = 997  # where each round starts in the workload (a prime, so rounds see different texts)
@@ -57,17 +57,17 @@ class PhaseResult:
 
 
 async def _send(
-    client: httpx.AsyncClient, workload: Workload, index: int, policy: str, timeout_s: float
+    client: ConnectionPool, workload: Workload, index: int, policy: str, timeout_s: float
 ) -> RequestRecord:
     body, label = workload.request(index, policy)
     started = time.perf_counter()
     try:
-        response = await client.post(workload.route, json=body, timeout=timeout_s)
-    except httpx.HTTPError:
+        response = await client.post_json(workload.route, body, timeout_s)
+    except (HttpError, OSError, TimeoutError, ValueError):
         return RequestRecord(policy, time.perf_counter() - started, 0)
     latency = time.perf_counter() - started
-    if response.status_code != 200:
-        return RequestRecord(policy, latency, response.status_code)
+    if response.status != 200:
+        return RequestRecord(policy, latency, response.status)
     payload = response.json()
     if workload.images:
         return RequestRecord(policy, latency, 200, float(payload["mean_exit_layer"]))
@@ -86,7 +86,7 @@ def _budget(plan: LoadPlan, round_number: int) -> tuple[float, int]:
 
 
 async def _closed_phase(
-    client: httpx.AsyncClient, workload: Workload, policy: str, plan: LoadPlan, round_number: int, bar: tqdm
+    client: ConnectionPool, workload: Workload, policy: str, plan: LoadPlan, round_number: int, bar: tqdm
 ) -> PhaseResult:
     seconds, count = _budget(plan, round_number)
     first_index = round_number * ROUND_STRIDE
@@ -109,7 +109,7 @@ async def _closed_phase(
 
 
 async def _open_phase(
-    client: httpx.AsyncClient,
+    client: ConnectionPool,
     workload: Workload,
     policy: str,
     plan: LoadPlan,
@@ -153,12 +153,9 @@ async def run_plan(
     """Run every policy's phases, interleaved by round; returns the merged records per policy."""
     merged = {policy: PhaseResult() for policy in plan.policies}
     rng = random.Random(plan.seed)
-    limits = httpx.Limits(
-        max_connections=max(plan.concurrency, 64), max_keepalive_connections=max(plan.concurrency, 64)
-    )
     description = f"{plan.mode} loop " + (f"c={plan.concurrency}" if plan.mode == "closed" else f"{plan.rate:g}/s")
     with tqdm(desc=description, unit="req", disable=not show_progress, leave=False) as bar:
-        async with httpx.AsyncClient(base_url=url, limits=limits, headers=headers) as client:
+        async with ConnectionPool(url, headers) as client:
             for round_number in range(plan.rounds):
                 order = plan.policies if round_number % 2 == 0 else tuple(reversed(plan.policies))
                 # Within a round every policy starts at the same text: they are compared on the same inputs.
