@@ -38,7 +38,18 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"{command[:4]} not ready within {ready_timeout_s} s")
 
+    def pause(self) -> None:
+        """SIGSTOP: an idle server's threads can spin (OpenMP waits busy for a while after each parallel region)
+        and take cores from the one being measured; a stopped process takes nothing."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
+        self.resume()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

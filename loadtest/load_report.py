@@ -28,6 +28,7 @@ def percentile_ms(latencies_s: list[float], q: float) -> float | None:
 def summarize(result: PhaseResult) -> dict[str, Any]:
     answered = [r for r in result.records if r.status == 200]
     latencies = [r.latency_s for r in answered]
+    shed = [r.latency_s for r in result.records if r.status == SHED_STATUS]
     judged = [r.correct for r in answered if r.correct is not None]
     return {
         "requests": len(result.records),
@@ -37,7 +38,9 @@ def summarize(result: PhaseResult) -> dict[str, Any]:
         "p99_ms": percentile_ms(latencies, 99),
         "throughput_rps": len(answered) / result.elapsed_s if result.elapsed_s > 0 else 0.0,
         "errors": sum(1 for r in result.records if r.status not in (200, SHED_STATUS)),
-        "shed": sum(1 for r in result.records if r.status == SHED_STATUS),
+        "shed": len(shed),
+        "shed_p95_ms": percentile_ms(shed, 95),  # how fast the excess hears it is refused
+        "server_errors": sum(1 for r in result.records if r.status >= 500),
         "mean_exit_layer": sum(r.exit_layer or 0 for r in answered) / len(answered) if answered else None,
         "accuracy": sum(judged) / len(judged) if judged else None,
     }

@@ -27,6 +27,7 @@ class RequestRecord:
     status: int  # HTTP status, or 0 when the request never got one (connection error, client timeout)
     exit_layer: float | None = None  # classification: the exit layer; captioning: the caption's mean
     correct: bool | None = None
+    sent_at: float = 0.0  # time.perf_counter() when it was sent
 
 
 @dataclass(frozen=True)
@@ -56,24 +57,22 @@ class PhaseResult:
     elapsed_s: float = 0.0
 
 
-async def _send(
-    client: ConnectionPool, workload: Workload, index: int, policy: str, timeout_s: float
-) -> RequestRecord:
+async def _send(client: ConnectionPool, workload: Workload, index: int, policy: str, timeout_s: float) -> RequestRecord:
     body, label = workload.request(index, policy)
     started = time.perf_counter()
     try:
         response = await client.post_json(workload.route, body, timeout_s)
     except (HttpError, OSError, TimeoutError, ValueError):
-        return RequestRecord(policy, time.perf_counter() - started, 0)
+        return RequestRecord(policy, time.perf_counter() - started, 0, sent_at=started)
     latency = time.perf_counter() - started
     if response.status != 200:
-        return RequestRecord(policy, latency, response.status)
+        return RequestRecord(policy, latency, response.status, sent_at=started)
     payload = response.json()
     if workload.images:
-        return RequestRecord(policy, latency, 200, float(payload["mean_exit_layer"]))
+        return RequestRecord(policy, latency, 200, float(payload["mean_exit_layer"]), sent_at=started)
     result = payload["results"][0]
     correct = None if label is None else result["label"] == label
-    return RequestRecord(policy, latency, 200, int(result["exit_layer"]), correct)
+    return RequestRecord(policy, latency, 200, int(result["exit_layer"]), correct, sent_at=started)
 
 
 def _budget(plan: LoadPlan, round_number: int) -> tuple[float, int]:

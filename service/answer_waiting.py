@@ -1,12 +1,18 @@
-"""How a request waits for the engine thread's answers without blocking the event loop: futures resolved from
-the engine thread, a watcher that flags the rows when the client leaves, and the request's deadline."""
+"""How a request waits for its rows' outcomes without blocking the event loop.
+
+One `RequestAnswers` per request: the engine thread hands it each row's outcome; it wakes the event loop once,
+when the last row has left (or at the first row that cannot be answered: the request fails then, and its other
+rows are flagged so the engine spends nothing more on them). A client that leaves is noticed by a watcher that
+starts only if the request is still waiting after one poll interval, so a fast request costs no extra task.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from fastapi import Request
 
@@ -20,7 +26,6 @@ from service.errors import (
 )
 
 DISCONNECT_POLL_S = 0.05
-OutcomeT = TypeVar("OutcomeT")
 AnswerT = TypeVar("AnswerT", ClassAnswer, CaptionAnswer)
 
 
@@ -28,45 +33,69 @@ class Cancellable(Protocol):
     cancelled: bool
 
 
-def resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[OutcomeT]) -> Callable[[OutcomeT], None]:
-    """A thread-safe callback that hands one outcome to the request's event loop."""
+class RequestAnswers(Generic[AnswerT]):
+    """Collects the outcomes of one request's rows (from any thread) into one future on the request's loop."""
 
-    def resolve(outcome: OutcomeT) -> None:
-        loop.call_soon_threadsafe(_set_once, future, outcome)
+    def __init__(self, loop: asyncio.AbstractEventLoop, num_rows: int, answer_type: type[AnswerT]) -> None:
+        self.loop = loop
+        self.answer_type: type[AnswerT] = answer_type
+        self.future: asyncio.Future[list[RowOutcome]] = loop.create_future()
+        self._outcomes: list[RowOutcome | None] = [None] * num_rows
+        self._missing = num_rows
+        self._lock = threading.Lock()  # rows of one request may leave from the engine thread and the event loop
 
-    return resolve
+    def callback(self, row: int) -> Callable[[RowOutcome], None]:
+        """What row `row` calls when it leaves (its `on_done`)."""
+        return lambda outcome: self._row_left(row, outcome)
+
+    def _row_left(self, row: int, outcome: RowOutcome) -> None:
+        with self._lock:
+            if self._missing == 0:
+                return  # already resolved (an earlier row failed the request)
+            self._outcomes[row] = outcome
+            self._missing = 0 if isinstance(outcome, Dropped) else self._missing - 1
+            if self._missing:
+                return
+            outcomes: list[RowOutcome] = (
+                [outcome] if isinstance(outcome, Dropped) else [o for o in self._outcomes if o is not None]
+            )
+        self.loop.call_soon_threadsafe(_set_once, self.future, outcomes)
+
+    async def wait(
+        self, request: Request, items: Sequence[Cancellable], timeout_s: float, on_client_gone: Callable[[], None]
+    ) -> list[AnswerT]:
+        """Every row's answer, or the error of the first row that has none: 499 when the client left, 504 past the
+        deadline (the engine drops the rows at its next step, counting them as timed out), 503 at shutdown, 500
+        when the engine step failed."""
+        watching: list[asyncio.Task[None]] = []
+        start_watching = self.loop.call_later(
+            DISCONNECT_POLL_S,
+            lambda: watching.append(asyncio.ensure_future(_cancel_when_client_leaves(request, items, on_client_gone))),
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                outcomes = await self.future
+        except TimeoutError as error:
+            raise RequestTimeoutError(f"not answered within {timeout_s} s") from error
+        finally:
+            start_watching.cancel()
+            for task in watching:
+                task.cancel()
+        answers: list[AnswerT] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Dropped):
+                for item in items:  # the request has failed: its other rows are not worth computing
+                    item.cancelled = True
+                on_client_gone()
+                raise _error_for(outcome, timeout_s)
+            assert isinstance(outcome, self.answer_type)
+            answers.append(outcome)
+        return answers
 
 
-def _set_once(future: asyncio.Future[OutcomeT], outcome: OutcomeT) -> None:
+def _set_once(future: asyncio.Future[list[RowOutcome]], outcomes: list[RowOutcome]) -> None:
     if not future.done():
-        future.set_result(outcome)
-
-
-async def wait_for_outcomes(
-    request: Request,
-    items: Sequence[Cancellable],
-    futures: list[asyncio.Future[RowOutcome]],
-    timeout_s: float,
-    on_client_gone: Callable[[], None],
-    answer_type: type[AnswerT],
-) -> list[AnswerT]:
-    """Every row's answer, or the error for the first row that has none: 499 when the client left, 504 past the
-    deadline (the engine drops the rows at its next step, counting them as timed out), 503 at shutdown, 500 when
-    the engine step failed."""
-    watcher = asyncio.create_task(_cancel_when_client_leaves(request, items, on_client_gone))
-    try:
-        outcomes = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
-    except TimeoutError as error:
-        raise RequestTimeoutError(f"not answered within {timeout_s} s") from error
-    finally:
-        watcher.cancel()
-    answers = []
-    for outcome in outcomes:
-        if isinstance(outcome, Dropped):
-            raise _error_for(outcome, timeout_s)
-        assert isinstance(outcome, answer_type)
-        answers.append(outcome)
-    return answers
+        future.set_result(outcomes)
 
 
 def _error_for(dropped: Dropped, timeout_s: float) -> ServiceError:

@@ -11,9 +11,9 @@ import time
 from fastapi import Request
 
 from beem.captioning.caption_bundle import LoadedCaptionBundle
-from service.answer_waiting import resolver, wait_for_outcomes
+from service.answer_waiting import RequestAnswers
 from service.engine.caption_engine import CaptionEngine
-from service.engine.row_outcome import CaptionAnswer, RowOutcome
+from service.engine.row_outcome import CaptionAnswer
 from service.engine.work_item import CaptionWorkItem
 from service.errors import NotReadyError
 from service.image_input import image_from_bytes
@@ -38,22 +38,22 @@ class CaptionService:
         return self.engine.bundle
 
     def choose_policy(self, spec: PolicySpec | None) -> ChosenPolicy:
-        return choose_policy(self.bundle.manifest, spec)
+        return choose_policy(self.bundle.manifest, self.bundle.policies, spec)
 
     async def caption(self, request: Request, image_bytes: bytes, chosen: ChosenPolicy) -> CaptionAnswer:
         self.ready_bundle()  # 503 before any decoding while the model loads
+        self.engine.queue.check(1)  # shed (429) before decoding the image
         image = await asyncio.to_thread(image_from_bytes, image_bytes, self.settings.max_image_pixels)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[RowOutcome] = loop.create_future()
+        answers = RequestAnswers(asyncio.get_running_loop(), 1, CaptionAnswer)
         item = CaptionWorkItem(
             image=image,
             policy=chosen.policy,
             policy_name=chosen.name,
             deadline=time.monotonic() + self.settings.request_timeout_s,
-            on_done=resolver(loop, future),
+            on_done=answers.callback(0),
         )
         self.engine.submit([item])
-        (outcome,) = await wait_for_outcomes(
-            request, [item], [future], self.settings.request_timeout_s, self.engine.notice_cancellation, CaptionAnswer
+        (answer,) = await answers.wait(
+            request, [item], self.settings.request_timeout_s, self.engine.notice_cancellation
         )
-        return outcome
+        return answer

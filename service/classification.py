@@ -1,30 +1,29 @@
 """From validated request to answered rows: tokenize off the event loop, pick each row's policy, enqueue, await.
 
 The HTTP routes only shape requests and responses; this module is where a request meets the engine. It never
-blocks the event loop: tokenization runs in a worker thread, the engine in its own thread, and the request waits
-on futures that the engine resolves row by row as rows exit.
+blocks the event loop: long inputs tokenize in a worker thread, the engine runs in its own thread, and the request
+waits on one future that its rows resolve as they leave.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
-from transformers import PreTrainedTokenizerBase
 
 from beem.bundle.bundle_reader import LoadedBundle
-from service.answer_waiting import resolver, wait_for_outcomes
+from service.answer_waiting import RequestAnswers
 from service.engine.inference_engine import InferenceEngine
-from service.engine.row_outcome import ClassAnswer, RowOutcome
+from service.engine.row_outcome import ClassAnswer
 from service.engine.work_item import WorkItem
 from service.errors import InputValidationError, NotReadyError, PayloadTooLargeError
 from service.policy_choice import ChosenPolicy, choose_policy
 from service.schemas import PolicySpec
 from service.settings import ServerSettings
+from service.text_encoder import TextEncoder
 
 INLINE_TOKENIZE_MAX_CHARS = 2000
 
@@ -39,7 +38,7 @@ class ClassificationService:
     def __init__(self, engine: InferenceEngine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings
-        self._tokenizer_lock = threading.Lock()  # a fast tokenizer's truncation settings are shared state
+        self._text_encoder: TextEncoder | None = None  # made once the bundle is loaded
 
     @property
     def bundle(self) -> LoadedBundle:
@@ -52,7 +51,7 @@ class ClassificationService:
         return self.settings.max_input_tokens or self.bundle.max_length
 
     def choose_policy(self, spec: PolicySpec | None) -> ChosenPolicy:
-        return choose_policy(self.bundle.manifest, spec)
+        return choose_policy(self.bundle.manifest, self.bundle.policies, spec)
 
     def check_rows(self, rows: Sequence[TextRow]) -> None:
         if not rows:
@@ -65,25 +64,23 @@ class ClassificationService:
             if not row.text.strip() or (row.pair is not None and not row.pair.strip()):
                 raise InputValidationError(f"inputs[{index}] is empty or whitespace")
 
+    @property
+    def text_encoder(self) -> TextEncoder:
+        if self._text_encoder is None:
+            self._text_encoder = TextEncoder(self.bundle.tokenizer, self.max_input_tokens)
+        return self._text_encoder
+
     def _tokenize(self, rows: Sequence[TextRow], truncate: bool, side: str) -> list[tuple[list[int], list[int] | None]]:
-        tokenizer: PreTrainedTokenizerBase = self.bundle.tokenizer
-        limit = self.max_input_tokens
         texts = [row.text for row in rows]
         pairs = [row.pair or "" for row in rows] if any(row.pair is not None for row in rows) else None
-        with self._tokenizer_lock:
-            tokenizer.truncation_side = side
-            encoded = tokenizer(
-                texts, pairs, padding=False, truncation=truncate, max_length=limit if truncate else None
-            )
-            tokenizer.truncation_side = "right"
-        ids: list[list[int]] = encoded["input_ids"]
-        for index, row_ids in enumerate(ids):
+        encoded = self.text_encoder.encode(texts, pairs, truncate, side)
+        limit = self.max_input_tokens
+        for index, (row_ids, _) in enumerate(encoded):
             if len(row_ids) > limit:
                 raise InputValidationError(
                     f"inputs[{index}] is {len(row_ids)} tokens; the limit is {limit} (send truncate=true to cut it)"
                 )
-        types: list[list[int]] | None = encoded.get("token_type_ids")
-        return [(row_ids, types[i] if types is not None else None) for i, row_ids in enumerate(ids)]
+        return encoded
 
     async def classify(
         self,
@@ -100,13 +97,13 @@ class ClassificationService:
         self.check_rows(rows)
         if max_layers is not None and max_layers > bundle.num_layers:
             raise InputValidationError(f"max_layers is {max_layers}; the model has {bundle.num_layers} layers")
+        self.engine.queue.check(len(rows))  # shed (429) before spending anything on the request
         if sum(len(row.text) + len(row.pair or "") for row in rows) <= INLINE_TOKENIZE_MAX_CHARS:
             # A few short texts tokenize in ~0.1 ms: cheaper on the loop than a thread hand-off (~0.4 ms).
             encoded = self._tokenize(rows, truncate, truncation_side)
         else:
             encoded = await asyncio.to_thread(self._tokenize, rows, truncate, truncation_side)
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[RowOutcome]] = [loop.create_future() for _ in rows]
+        answers = RequestAnswers(asyncio.get_running_loop(), len(rows), ClassAnswer)
         deadline = time.monotonic() + self.settings.request_timeout_s
         items = [
             WorkItem(
@@ -118,11 +115,9 @@ class ClassificationService:
                 return_exits=return_exits,
                 wants_distribution=wants_distribution,
                 deadline=deadline,
-                on_done=resolver(loop, future),
+                on_done=answers.callback(row),
             )
-            for (input_ids, token_types), future in zip(encoded, futures, strict=True)
+            for row, (input_ids, token_types) in enumerate(encoded)
         ]
         self.engine.submit(items)
-        return await wait_for_outcomes(
-            request, items, futures, self.settings.request_timeout_s, self.engine.notice_cancellation, ClassAnswer
-        )
+        return await answers.wait(request, items, self.settings.request_timeout_s, self.engine.notice_cancellation)

@@ -3,6 +3,7 @@ calibrated parameters. Shared by the classify and caption routes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +18,15 @@ class ChosenPolicy:
     name: str
 
 
-def choose_policy(manifest: dict[str, Any], spec: PolicySpec | None) -> ChosenPolicy:
-    """The wire schema has checked the parameters' names and fixed ranges (both from the policy table);
-    `build_policy` checks the merged values again, bounds that depend on the bundle included."""
+def choose_policy(
+    manifest: dict[str, Any], calibrated: Mapping[str, ExitPolicy], spec: PolicySpec | None
+) -> ChosenPolicy:
+    """The bundle's calibrated policy (built once at load) unless the request overrides a parameter. The wire
+    schema has checked the parameters' names and fixed ranges (both from the policy table); `build_policy` checks
+    the merged values again, bounds that depend on the bundle included."""
     name = spec.name if spec is not None else str(manifest["default_policy"])
-    params = dict(manifest["policies"][name]["params"])
-    if spec is not None:
-        params.update(spec.overrides())
+    overrides = spec.overrides() if spec is not None else {}
+    if not overrides:
+        return ChosenPolicy(calibrated[name], name)
+    params = {**manifest["policies"][name]["params"], **overrides}
     return ChosenPolicy(build_policy(name, params, int(manifest["num_layers"])), name)

@@ -30,7 +30,7 @@ class ServerSettings(BaseSettings):
     )
     max_queue: int = Field(512, ge=1, description="rows waiting to join the engine; beyond it 429")
     max_queue_wait_ms: float = Field(
-        250.0, gt=0, description="expected wait of a new request (rows waiting / measured drain rate); beyond it 429"
+        500.0, gt=0, description="expected wait of a new request (work ahead / measured drain rate); beyond it 429"
     )
     group_selection: Literal["deepest", "shallowest", "oldest"] = Field(
         "deepest", description="which group of rows the engine advances next (service/engine/group_selection.py)"

@@ -5,10 +5,11 @@ Thread-safe: the event loop calls `submit` (never blocks), the engine thread cal
 `wait_for_work` when it has nothing in flight.
 
 Admission (DESIGN 6): a request is shed with 429 when the rows already waiting would pass `max_queue_rows`, or when
-their expected wait would pass `max_queue_wait_s`: the rows waiting beyond the room the engine has left (those
-join at its next step) divided by its measured drain rate (rows it finishes per busy second). Retry-After is that
-expected wait, rounded up to whole seconds. The wait counts the work ahead of the request, not its own rows: an
-idle server admits any request that passes the row bound.
+the expected wait would pass `max_queue_wait_s`: the work ahead of the request, the rows waiting plus the rows in
+flight (a new row shares the engine with them: continuous batching has no "its turn"), divided by the engine's
+measured drain rate (rows it finishes per busy second when it is loaded). Retry-After is that expected wait,
+rounded up to whole seconds. Its own rows do not count: an idle server admits any request that passes the row
+bound.
 """
 
 from __future__ import annotations
@@ -68,44 +69,60 @@ class AdmissionQueue(Generic[ItemT]):
         self._condition = threading.Condition()
         self._closed = False
         self._last_scan = 0.0
-        self.engine_room_rows = 0  # rows the engine can still take in; it updates this after every step
+        self.engine_rows = 0  # rows in flight in the engine; it updates this whenever rows come or go
 
     @property
     def depth(self) -> int:
         return len(self._pending)
 
-    def expected_wait_s(self, rows_ahead: int | None = None) -> float:
-        """Seconds until `rows_ahead` queued rows (default: all of them) have gone into the engine: those beyond
-        the engine's free room wait for rows to leave it, at the measured drain rate. 0 before the rate has been
-        measured."""
-        rows = (len(self._pending) if rows_ahead is None else rows_ahead) - max(self.engine_room_rows, 0)
+    def expected_wait_s(self, rows_waiting: int | None = None) -> float:
+        """Seconds until the work ahead of a new request, `rows_waiting` (default: all queued rows) plus the rows
+        in flight, has drained at the measured rate; 0 before the rate has been measured."""
+        rows = (len(self._pending) if rows_waiting is None else rows_waiting) + self.engine_rows
         rate = self.drain.rows_per_s
         return rows / rate if rows > 0 and rate else 0.0
+
+    def check(self, num_rows: int) -> None:
+        """Refuse a request of `num_rows` rows now if `submit` would: the route calls this before tokenizing, so
+        shed load costs the server as little as possible (a refused request is counted here, its rows never
+        exist)."""
+        with self._condition:
+            refusal = self._refusal(num_rows)
+        if refusal is not None:
+            self.ledger.refused(num_rows, RowFate.SHUTDOWN if isinstance(refusal, EngineClosedError) else RowFate.SHED)
+            raise refusal
+
+    def _refusal(self, num_rows: int) -> QueueFullError | EngineClosedError | None:
+        if self._closed:
+            return EngineClosedError("the server is shutting down")
+        waiting = len(self._pending)
+        expected = self.expected_wait_s(waiting)
+        retry_after = max(1.0, math.ceil(expected))
+        if waiting + num_rows > self.limits.max_queue_rows:
+            return QueueFullError(
+                f"queue full ({waiting} rows waiting, limit {self.limits.max_queue_rows})", retry_after
+            )
+        if expected > self.limits.max_queue_wait_s:
+            limit_ms = self.limits.max_queue_wait_s * 1000
+            return QueueFullError(
+                f"expected queue wait {expected * 1000:.0f} ms is over {limit_ms:.0f} ms", retry_after
+            )
+        return None
 
     def submit(self, items: list[ItemT]) -> None:
         """Admit all of a request's rows or none of them (the refused ones are counted as shed or shutdown)."""
         now = self.clock()
         with self._condition:
-            if self._closed:
-                self.ledger.drop(items, RowFate.SHUTDOWN)
-                raise EngineClosedError("the server is shutting down")
-            waiting = len(self._pending)
-            expected = self.expected_wait_s(waiting)
-            if waiting + len(items) > self.limits.max_queue_rows:
-                self._shed(items, f"queue full ({waiting} rows waiting, limit {self.limits.max_queue_rows})", expected)
-            if expected > self.limits.max_queue_wait_s:
-                limit_ms = self.limits.max_queue_wait_s * 1000
-                self._shed(items, f"expected queue wait {expected * 1000:.0f} ms is over {limit_ms:.0f} ms", expected)
+            refusal = self._refusal(len(items))
+            if refusal is not None:
+                self.ledger.drop(items, RowFate.SHUTDOWN if isinstance(refusal, EngineClosedError) else RowFate.SHED)
+                raise refusal
             for item in items:
                 item.enqueued_at = now
             self._pending.extend(items)
             self.ledger.admitted(len(items))
             self._publish()
             self._condition.notify()
-
-    def _shed(self, items: list[ItemT], reason: str, expected_wait_s: float) -> None:
-        self.ledger.drop(items, RowFate.SHED)
-        raise QueueFullError(reason, max(1.0, math.ceil(expected_wait_s)))
 
     def close(self) -> None:
         """Admit nothing more; `take` keeps handing out what was admitted."""

@@ -1,11 +1,12 @@
 """How fast the engine works through its rows: rows that leave it per second of busy time, smoothed.
 
-The admission queue divides the rows waiting by this rate to get a new request's expected wait (DESIGN 6: admission
-bounds time, not only rows). Busy time of a full engine only (the engine records the steps it runs while rows wait
-in the queue): an idle or lightly loaded engine says nothing about its capacity, and a new request only waits when
-the engine is full. Measured over windows of at least `window_s` of busy time, each folded into an exponentially
-weighted average, so the estimate follows a change of load or mix (longer texts, deeper exits) within a second or
-two.
+The admission queue divides the work ahead of a new request by this rate to get its expected wait (DESIGN 6:
+admission bounds time, not only rows). Busy time only: an idle engine says nothing. A lightly loaded engine batches
+less and drains slower than a loaded one, so the estimate errs on the cautious side when little is in flight,
+where the work ahead is small anyway; measured under load it is the engine's capacity. It is measured on every
+step, so an estimate taken in a bad moment never sticks. Windows of at least `window_s` of busy time are each
+folded into an exponentially weighted average, so the estimate follows a change of load or mix (longer texts,
+deeper exits) within a second or two.
 """
 
 from __future__ import annotations

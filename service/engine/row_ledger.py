@@ -28,6 +28,10 @@ class RowLedger:
     def admitted(self, count: int) -> None:
         self._admitted.inc(count)
 
+    def refused(self, count: int, fate: RowFate) -> None:
+        """Rows refused before they were made (the admission check ahead of tokenization)."""
+        self._left[fate].inc(count)
+
     def answer(self, item: QueuedRow, answer: ClassAnswer | CaptionAnswer, exit_layers: Sequence[int]) -> None:
         """An answered row; `exit_layers` holds one layer per exit it answered with (one per caption token)."""
         if item.settled:

@@ -4,8 +4,7 @@ lifecycle `load` -> `submit`* -> `close`, and `health` says where it is.
 The loop: when nothing is in flight, wait for work; between any two steps, admit queued rows within the budgets
 (which count the rows already in flight); run one step (a layer for a group of rows, or a token for every caption);
 answer the rows that finish at once. A step that raises fails only its own rows (500) and the loop goes on. The
-rows that leave per busy second of a full engine (rows left waiting in the queue) feed the drain rate that
-admission divides by: a lightly loaded engine drains at the rate rows arrive, which says nothing of its capacity.
+rows that leave per busy second feed the drain rate that admission divides by.
 
 Subclasses say how a bundle loads and warms up, how queued rows join (`_admit`), what one step is (`_step`), and
 which rows a failed step takes with it (`_fail_step`).
@@ -231,24 +230,22 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         if not self.inflight_rows:
             self._publish(0)
             return False
-        saturated = self.queue.depth > 0  # rows wait because the engine is full: what admission's estimate is about
         try:
             self._step()
         except Exception as error:  # a bug or a bad input must not kill the engine: fail this step's rows
             log.exception("engine step failed")
             for item, layers in self._rows_of_failed_step():
                 self._drop([item], RowFate.ERROR, layers, f"{type(error).__name__}: {error}")
-        if saturated:
-            self.drain.record(self._rows_left - left_before, time.perf_counter() - started)
+        self.drain.record(self._rows_left - left_before, time.perf_counter() - started)
+        if self._rows_left != left_before:
             self.metrics.drain_rate.set(self.drain.rows_per_s or 0.0)
-        if self._rows_left != left_before or saturated:
             self._publish(self.inflight_rows)
         return True
 
     def _publish(self, inflight: int) -> None:
         """The room admission may count on, and the in-flight gauge (only when rows came or went: a step's Python
         runs with cold caches, so the loop does no bookkeeping it does not need)."""
-        self.queue.engine_room_rows = self.budget.max_rows - inflight
+        self.queue.engine_rows = inflight
         self.metrics.inflight_rows.set(inflight)
 
     def _admit(self) -> None:

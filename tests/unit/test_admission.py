@@ -57,23 +57,24 @@ def counted(metrics: ServiceMetrics, outcome: str) -> float:
 
 
 @pytest.mark.parametrize(
-    ("rate", "waiting", "room", "new_rows", "admitted", "retry_after"),
+    ("rate", "waiting", "inflight", "new_rows", "admitted", "retry_after"),
     [
-        (None, 50, 0, 1, True, None),  # no full-engine measurement yet: only the row bound applies
+        (None, 50, 30, 1, True, None),  # no loaded-engine measurement yet: only the row bound applies
         (100, 20, 0, 1, True, None),  # 0.2 s <= 0.25 s
         (100, 26, 0, 1, False, 1),  # 0.26 s > 0.25 s; Retry-After at least 1 s
-        (100, 30, 10, 1, True, None),  # 10 of them join at the next step: (30 - 10) / 100 = 0.2 s
+        (100, 0, 26, 1, False, 1),  # rows in flight are work ahead too
+        (100, 10, 10, 1, True, None),  # (10 + 10) / 100 = 0.2 s
         (10, 45, 0, 1, False, 5),  # 4.5 s: Retry-After rounds the expected wait up
         (100, 0, 0, 64, True, None),  # its own rows do not count: an idle server takes a big request
         (100, 25, 0, 64, True, None),  # 0.25 s is not over the bound
     ],
 )
 def test_admission_by_expected_wait(
-    rate: float | None, waiting: int, room: int, new_rows: int, admitted: bool, retry_after: int | None
+    rate: float | None, waiting: int, inflight: int, new_rows: int, admitted: bool, retry_after: int | None
 ) -> None:
     queue, metrics, _ = make_queue(rate)
     queue.submit([Row() for _ in range(waiting)])
-    queue.engine_room_rows = room
+    queue.engine_rows = inflight
     request = [Row() for _ in range(new_rows)]
     if admitted:
         queue.submit(request)
@@ -158,3 +159,15 @@ def _rates(steps: list[tuple[int, float]], window_s: float = 0.2, keep: float = 
 )
 def test_drain_rate_windows(steps: list[tuple[int, float]], expected: list[float | None]) -> None:
     assert list(_rates(steps)) == pytest.approx(expected)
+
+
+def test_the_early_check_refuses_what_submit_would_and_counts_it() -> None:
+    queue, metrics, _ = make_queue(rate=100)
+    queue.submit([Row() for _ in range(30)])
+    with pytest.raises(QueueFullError):
+        queue.check(2)
+    assert counted(metrics, "shed") == 2 and queue.depth == 30
+    queue.close()
+    with pytest.raises(EngineClosedError):
+        queue.check(1)
+    assert counted(metrics, "shutdown") == 1
