@@ -3,7 +3,7 @@
     python -m bench.gpu.cuda_checks classification [--bundle DIR] [--out DIR]
     python -m bench.gpu.cuda_checks caption --images DIR [--bundle DIR] [--out DIR]
 
-classification: the default bundle's test split through the engine's batch code (`run_batch`) on CPU fp32 and
+classification: the default bundle's test split through the engine's step loop (in this thread) on CPU fp32 and
 CUDA fp16, BEEM-A and full: label and exit-layer agreement, accuracy on each; then CUDA milliseconds per request
 at batch 1 and per batch of 32, full and BEEM-A interleaved. caption: the images through `decode_batch` on both
 devices: caption and token-exit agreement; CUDA milliseconds per caption at batch 1 and per batch of 32. Writes
@@ -30,10 +30,9 @@ from beem.captioning.early_exit_decoding import decode_batch
 from beem.data.examples import read_dataset
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import split_dataset
-from service.engine.batch_scheduler import BatchScheduler
+from bench.engine_in_thread import classify_ids, engine_in_thread
 from service.engine.inference_engine import InferenceEngine
-from service.engine.work_item import RowOutcome, WorkItem
-from service.metrics import ServiceMetrics
+from service.engine.row_outcome import ClassAnswer
 from service.settings import DEFAULT_BUNDLE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,26 +62,16 @@ def _device_name(device: str) -> str:
 def classification(bundle_dir: Path, gpu: str, limit: int) -> dict[str, Any]:
     engines = {}
     for device, dtype in (("cpu", "float32"), ("cuda", "auto" if gpu == "cuda" else "float32")):
-        metrics = ServiceMetrics(6)
-        engine = InferenceEngine(BatchScheduler(1, 0.0, 1 << 20, 1 << 16, metrics), metrics,
-                                 gpu if device == "cuda" else "cpu", dtype)  # fmt: skip
-        engine.load(bundle_dir, None, start_worker=False)
-        engines[device] = engine
+        engines[device] = engine_in_thread(bundle_dir, gpu if device == "cuda" else "cpu", dtype,
+                                           max_batch_size=64, max_batch_tokens=1 << 16)  # fmt: skip
     bundle = engines["cpu"].bundle
     assert bundle is not None
     test = split_dataset(read_dataset(REPO_DATA_FILE)).test.examples[:limit]
     encoded = [bundle.tokenizer(e.text, truncation=True, max_length=bundle.max_length) for e in test]
 
-    def run(engine: InferenceEngine, rows: list[int], policy: str) -> list[RowOutcome]:
-        answers: dict[int, RowOutcome] = {}
+    def run(engine: InferenceEngine, rows: list[int], policy: str) -> list[ClassAnswer]:
         assert engine.bundle is not None
-        engine.run_batch([WorkItem(
-            input_ids=encoded[row]["input_ids"], token_type_ids=encoded[row].get("token_type_ids"),
-            policy=engine.bundle.policies[policy], policy_name=policy, last_layer=engine.bundle.num_layers,
-            return_exits=False, deadline=time.monotonic() + 600,
-            on_done=lambda outcome, row=row: answers.__setitem__(row, outcome),  # type: ignore[misc]
-        ) for row in rows])  # fmt: skip
-        return [answers[row] for row in rows]
+        return classify_ids(engine, [encoded[row]["input_ids"] for row in rows], engine.bundle.policies[policy])
 
     result: dict[str, Any] = {"device": _device_name(gpu), "samples": len(test)}
     for policy in POLICIES:
