@@ -33,7 +33,7 @@ class ServerSettings(BaseSettings):
         500.0, gt=0, description="expected wait of a new request (work ahead / measured drain rate); beyond it 429"
     )
     group_selection: Literal["deepest", "shallowest", "oldest"] = Field(
-        "deepest", description="which group of rows the engine advances next (service/engine/group_selection.py)"
+        "oldest", description="which group of rows the engine advances next (service/engine/group_selection.py)"
     )
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered by then gets 504")
     max_input_tokens: int | None = Field(None, ge=2, description="default: the bundle's max_length")

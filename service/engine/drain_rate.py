@@ -6,14 +6,15 @@ less and drains slower than a loaded one, so the estimate errs on the cautious s
 where the work ahead is small anyway; measured under load it is the engine's capacity. It is measured on every
 step, so an estimate taken in a bad moment never sticks. Windows of at least `window_s` of busy time are each
 folded into an exponentially weighted average, so the estimate follows a change of load or mix (longer texts,
-deeper exits) within a second or two.
+deeper exits) within a few seconds. A window is a second of busy time: long enough to hold a few waves of
+full-depth rows, which leave only at the last layer.
 """
 
 from __future__ import annotations
 
 
 class DrainRate:
-    def __init__(self, window_s: float = 0.2, keep: float = 0.5) -> None:
+    def __init__(self, window_s: float = 1.0, keep: float = 0.5) -> None:
         self.window_s = window_s
         self.keep = keep  # weight of the previous estimate when a window closes
         self._rows = 0

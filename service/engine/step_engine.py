@@ -43,7 +43,7 @@ class EngineBudget:
 
     max_rows: int  # rows in the engine at once, at any depth
     max_tokens: int  # padded tokens in the engine at once (rows x their group's longest row, summed)
-    group_selection: str = "deepest"
+    group_selection: str = "oldest"
 
 
 @dataclass(frozen=True)
