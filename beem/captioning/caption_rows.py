@@ -20,6 +20,7 @@ import torch
 
 from beem.captioning.multi_exit_decoder import MultiExitDecoder
 from beem.policies.array_policies import ExitObservations, RowPolicies, RowStates, decide
+from beem.policies.policy_table import ArrayRule
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class CaptionRows:
         self._tokens = torch.zeros(0, self.width, dtype=torch.int64)  # (R, width) generated so far
         self._exit_layers = torch.zeros(0, self.width, dtype=torch.int64)  # (R, width) each token's exit layer
         self.lengths = np.zeros(0, dtype=np.int64)  # (R,) tokens generated so far (host copy of positions)
+        self._rule_codes = np.zeros(0, dtype=np.int64)  # (R,) each row's ArrayRule (host copy)
+        self._rules: frozenset[ArrayRule] = frozenset()
+        self._reads_entropy = False
 
     @torch.inference_mode()
     def join(self, image_features: torch.Tensor, policies: RowPolicies) -> None:
@@ -82,45 +86,63 @@ class CaptionRows:
             self._tokens = torch.cat((self._tokens, blank))
             self._exit_layers = torch.cat((self._exit_layers, blank))
         self.lengths = np.concatenate((self.lengths, np.zeros(count, dtype=np.int64)))
+        self._set_rules(np.concatenate((self._rule_codes, np.asarray(policies.rule.tolist(), dtype=np.int64))))
         self.num_rows += count
 
     @torch.inference_mode()
     def step(self) -> np.ndarray:
         """One token for every row; returns (R,) bool: the rows whose caption is now complete (end token or length
-        limit). They stay until `take` removes them."""
+        limit). They stay until `take` removes them.
+
+        Decisions are made for all R rows at every layer (a fixed number of ops whoever has exited; an exited row's
+        later decisions are ignored), while attention and the feed-forward run only for the rows still walking."""
         assert self._policies is not None
         decoder, rows = self.decoder, self.num_rows
         everyone = torch.arange(rows, device=self._positions.device)
         inputs = decoder.embed_next(self._newest, self._positions)  # (R, 1, H): each row's input to layer 1
-        visible = torch.arange(self.width, device=inputs.device)[None, :] <= self._positions[:, None]  # (R, width)
+        visible = (torch.arange(self.width, device=inputs.device)[None, :] <= self._positions[:, None])[:, None, None]
+        # (R, 1, 1, width): the positions each row may attend to
         labels = torch.zeros(rows, dtype=torch.int64, device=inputs.device)
         exit_layer = torch.zeros(rows, dtype=torch.int64, device=inputs.device)
-        running = everyone  # (A,) rows still walking the layers for this token
-        states, policies = RowStates.fresh(rows, inputs.device), self._policies
+        walking = torch.ones(rows, dtype=torch.bool, device=inputs.device)  # rows still walking for this token
+        all_walking = True
+        states = RowStates.fresh(rows, inputs.device)
+        observed_labels = labels.clone()
+        observed_confidences = torch.zeros(rows, dtype=torch.float64, device=inputs.device)
+        observed_entropies = torch.zeros_like(observed_confidences) if self._reads_entropy else None
         for index in range(decoder.num_layers):
             layer = decoder.layer(index)
             # Every row's keys and values go into this layer's cache: an exited row's from its exit state.
             keys, values = layer.key_value(inputs)  # (R, heads, 1, head_dim) each
             self._keys[index][everyone, :, self._positions] = keys[:, :, 0]
             self._values[index][everyone, :, self._positions] = values[:, :, 0]
-            image_keys, image_values = self._image_kv[index]
-            outputs = layer.attend(
-                inputs[running],
-                self._keys[index][running],
-                self._values[index][running],
-                (image_keys[running], image_values[running]),
-                visible[running][:, None, None, :],
-            )  # fmt: skip  (A, 1, H)
-            inputs = inputs.index_copy(0, running, outputs)
-            observed = ExitObservations.from_logits(decoder.exit_logits(index, outputs)[:, -1])  # (A,)
-            states, exits = decide(states, observed, policies)
-            labels[running] = observed.labels
-            exit_layer[running] = index + 1
-            walking = ~exits
+            image_kv = self._image_kv[index]
+            if all_walking:
+                outputs = layer.attend(inputs, self._keys[index], self._values[index], image_kv, visible)  # (R, 1, H)
+                inputs = outputs
+                observed = ExitObservations.from_logits(decoder.exit_logits(index, outputs)[:, -1],
+                                                        self._reads_entropy)  # fmt: skip
+            else:
+                running = walking.nonzero().squeeze(1)  # (A,)
+                outputs = layer.attend(inputs[running], self._keys[index][running], self._values[index][running],
+                                       (image_kv[0][running], image_kv[1][running]), visible[running])  # fmt: skip
+                inputs = inputs.index_copy(0, running, outputs)
+                some = ExitObservations.from_logits(decoder.exit_logits(index, outputs)[:, -1], self._reads_entropy)
+                observed = ExitObservations(
+                    observed_labels.index_copy(0, running, some.labels),
+                    observed_confidences.index_copy(0, running, some.confidences),
+                    None if some.entropies is None or observed_entropies is None
+                    else observed_entropies.index_copy(0, running, some.entropies),
+                )  # fmt: skip
+            states, exits = decide(states, observed, self._policies, self._rules)
+            leaving = exits & walking if not all_walking else exits
+            labels = torch.where(leaving, observed.labels, labels)
+            exit_layer = torch.where(leaving, index + 1, exit_layer)
+            walking = walking & ~exits
             if not bool(walking.any()):
                 self._copy_state_to_skipped_layers(index, inputs, everyone)
                 break
-            running, states, policies = running[walking], states.take(walking), policies.take(walking)
+            all_walking = all_walking and not bool(exits.any())
         self._tokens[everyone, self._positions] = labels
         self._exit_layers[everyone, self._positions] = exit_layer
         self._newest = labels
@@ -137,6 +159,12 @@ class CaptionRows:
             self._keys[index][everyone, :, self._positions] = keys[:, :, 0]
             self._values[index][everyone, :, self._positions] = values[:, :, 0]
 
+    def _set_rules(self, codes: np.ndarray) -> None:
+        """The rules among the rows: the array form computes only theirs (and the entropy only when read)."""
+        self._rule_codes = codes
+        self._rules = frozenset(ArrayRule(code) for code in np.unique(codes).tolist())
+        self._reads_entropy = ArrayRule.ENTROPY in self._rules
+
     def captions(self, rows: np.ndarray, complete: bool = True) -> list[DecodedCaption]:
         """What rows (indices) have generated so far (reads back only these rows)."""
         index = torch.from_numpy(rows).to(self._tokens.device)
@@ -147,8 +175,11 @@ class CaptionRows:
     def take(self, keep: np.ndarray) -> None:
         """Keep the rows where `keep` (R,) is True; the others leave."""
         assert self._policies is not None
+        if keep.all():
+            return
         index = torch.from_numpy(np.flatnonzero(keep)).to(self._tokens.device)
         self._policies = self._policies.take(index)
+        self._set_rules(self._rule_codes[keep])
         self._keys = [keys[index] for keys in self._keys]
         self._values = [values[index] for values in self._values]
         self._image_kv = [(keys[index], values[index]) for keys, values in self._image_kv]
