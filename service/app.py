@@ -2,8 +2,9 @@
 
 The bundle's manifest and checksums are verified before the app exists, so a bad bundle stops start-up with a
 message. The model itself loads in the background (a worker thread), then the engine's step loop starts on the
-event loop and warms up: /healthz answers at once, /readyz turns 200 when it is warm. On shutdown (SIGTERM via uvicorn) the server stops accepting connections, finishes what was admitted, and
-the engine drains before the process exits.
+event loop and warms up: /healthz answers at once, /readyz turns 200 when it is warm. On shutdown (SIGTERM via
+uvicorn) the server stops accepting connections, finishes what was admitted, and the engine drains before the
+process exits.
 """
 
 from __future__ import annotations
