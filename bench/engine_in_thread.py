@@ -23,8 +23,7 @@ def engine_in_thread(
     engine = build_engine(ServerSettings(bundle=bundle_dir, device=device, dtype=dtype, **settings),  # type: ignore[arg-type]
                           "classification", num_layers)  # fmt: skip
     assert isinstance(engine, InferenceEngine)
-    engine.load(bundle_dir, None)
-    engine.warm_up()
+    engine.load(bundle_dir, None, start_worker=False)
     return engine
 
 

@@ -1,6 +1,6 @@
 """How a request waits for its rows' outcomes without blocking the event loop.
 
-One `RequestAnswers` per request: the engine hands it each row's outcome; it resolves the request's future once,
+One `RequestAnswers` per request: the engine thread hands it each row's outcome; it wakes the event loop once,
 when the last row has left (or at the first row that cannot be answered: the request fails then, and its other
 rows are flagged so the engine spends nothing more on them). A client that leaves is noticed by a watcher that
 starts only if the request is still waiting after one poll interval, so a fast request costs no extra task.
@@ -42,7 +42,7 @@ class RequestAnswers(Generic[AnswerT]):
         self.future: asyncio.Future[list[RowOutcome]] = loop.create_future()
         self._outcomes: list[RowOutcome | None] = [None] * num_rows
         self._missing = num_rows
-        self._lock = threading.Lock()  # rows may leave from other threads than the loop's (benchmarks, tests)
+        self._lock = threading.Lock()  # rows of one request may leave from the engine thread and the event loop
 
     def callback(self, row: int) -> Callable[[RowOutcome], None]:
         """What row `row` calls when it leaves (its `on_done`)."""
@@ -59,14 +59,7 @@ class RequestAnswers(Generic[AnswerT]):
             outcomes: list[RowOutcome] = (
                 [outcome] if isinstance(outcome, Dropped) else [o for o in self._outcomes if o is not None]
             )
-        try:
-            on_loop = asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop:  # the engine's step loop runs on the request's event loop: no wake-up needed
-            _set_once(self.future, outcomes)
-        else:
-            self.loop.call_soon_threadsafe(_set_once, self.future, outcomes)
+        self.loop.call_soon_threadsafe(_set_once, self.future, outcomes)
 
     async def wait(
         self, request: Request, items: Sequence[Cancellable], timeout_s: float, on_client_gone: Callable[[], None]

@@ -1,10 +1,9 @@
 """The app factory and lifespan (DESIGN 5.3): `create_app(settings)` wires settings, metrics, engine and routes.
 
 The bundle's manifest and checksums are verified before the app exists, so a bad bundle stops start-up with a
-message. The model itself loads in the background (a worker thread), then the engine's step loop starts on the
-event loop and warms up: /healthz answers at once, /readyz turns 200 when it is warm. On shutdown (SIGTERM via
-uvicorn) the server stops accepting connections, finishes what was admitted, and the engine drains before the
-process exits.
+message. The model itself loads in the background: /healthz answers at once, /readyz turns 200 when it is
+warm. On shutdown (SIGTERM via uvicorn) the server stops accepting connections, finishes what was admitted, and
+the engine drains before the process exits.
 """
 
 from __future__ import annotations
@@ -44,17 +43,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async def load_then_serve() -> None:
-            await asyncio.to_thread(engine.load, settings.bundle, settings.torch_threads)
-            engine.start()  # warms up and runs the step loop on this event loop
-
-        loading = asyncio.create_task(load_then_serve())
+        loading = asyncio.create_task(asyncio.to_thread(engine.load, settings.bundle, settings.torch_threads))
         loading.add_done_callback(_log_load_failure)
         yield
         app.state.shutting_down = True
+        await asyncio.to_thread(engine.close)
         if not loading.done():
             loading.cancel()
-        await engine.aclose()
 
     app = FastAPI(
         title="beem-serve",

@@ -1,8 +1,8 @@
 """From validated request to answered rows: tokenize off the event loop, pick each row's policy, enqueue, await.
 
 The HTTP routes only shape requests and responses; this module is where a request meets the engine. It never
-blocks the event loop for long: long inputs tokenize in a worker thread, the engine's steps run between the loop's
-other work (each a few milliseconds), and the request waits on one future that its rows resolve as they leave.
+blocks the event loop: long inputs tokenize in a worker thread, the engine runs in its own thread, and the request
+waits on one future that its rows resolve as they leave.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The one owner of the queue (DESIGN 5.7): admits rows by a row bound and an expected-wait bound, hands them to
 the engine between steps within its budgets, and drops queued rows nobody waits for.
 
-The server's event loop does all of it: requests `submit` (never blocks), the engine's step loop, a task on the
-same loop, calls `take` between steps and awaits `work_arrived` when it has nothing in flight. A lock keeps it
-safe from other threads too (benchmarks and tests drive an engine from their own).
+Thread-safe: the event loop calls `submit` (never blocks), the engine thread calls `take` between steps and
+`wait_for_work` when it has nothing in flight.
 
 Admission (DESIGN 6): a request is shed with 429 when the rows already waiting would pass `max_queue_rows`, or when
 the expected wait would pass `max_queue_wait_s`: the work ahead of the request, the rows waiting plus the rows in
@@ -15,7 +14,6 @@ bound.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
@@ -68,9 +66,7 @@ class AdmissionQueue(Generic[ItemT]):
         self.metrics = metrics
         self.clock = clock
         self._pending: deque[ItemT] = deque()
-        self._lock = threading.Lock()
-        self._work = asyncio.Event()  # set when rows arrive or the queue closes; the step loop waits on it
-        self._loop: asyncio.AbstractEventLoop | None = None  # the step loop's, once it has waited
+        self._condition = threading.Condition()
         self._closed = False
         self._last_scan = 0.0
         self.engine_rows = 0  # rows in flight in the engine; it updates this whenever rows come or go
@@ -90,7 +86,7 @@ class AdmissionQueue(Generic[ItemT]):
         """Refuse a request of `num_rows` rows now if `submit` would: the route calls this before tokenizing, so
         shed load costs the server as little as possible (a refused request is counted here, its rows never
         exist)."""
-        with self._lock:
+        with self._condition:
             refusal = self._refusal(num_rows)
         if refusal is not None:
             self.ledger.refused(num_rows, RowFate.SHUTDOWN if isinstance(refusal, EngineClosedError) else RowFate.SHED)
@@ -116,7 +112,7 @@ class AdmissionQueue(Generic[ItemT]):
     def submit(self, items: list[ItemT]) -> None:
         """Admit all of a request's rows or none of them (the refused ones are counted as shed or shutdown)."""
         now = self.clock()
-        with self._lock:
+        with self._condition:
             refusal = self._refusal(len(items))
             if refusal is not None:
                 self.ledger.drop(items, RowFate.SHUTDOWN if isinstance(refusal, EngineClosedError) else RowFate.SHED)
@@ -126,44 +122,26 @@ class AdmissionQueue(Generic[ItemT]):
             self._pending.extend(items)
             self.ledger.admitted(len(items))
             self._publish()
-        self._wake()
+            self._condition.notify()
 
     def close(self) -> None:
         """Admit nothing more; `take` keeps handing out what was admitted."""
-        with self._lock:
+        with self._condition:
             self._closed = True
-        self._wake()
+            self._condition.notify_all()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _wake(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._work.set()
-        else:
-            loop.call_soon_threadsafe(self._work.set)
-
-    async def work_arrived(self) -> bool:
-        """For an idle step loop: wait until rows are queued (then up to `idle_join_wait_s` for others to join the
-        first) or the queue is closed and empty: False then, the engine may stop."""
-        self._loop = asyncio.get_running_loop()
-        while not self._pending:
-            if self._closed:
-                return False
-            self._work.clear()
-            await self._work.wait()
-        start_by = self._pending[0].enqueued_at + self.limits.idle_join_wait_s
-        while not self._closed and (remaining := start_by - self.clock()) > 0:
-            await asyncio.sleep(remaining)
-        return True
+    def wait_for_work(self) -> bool:
+        """Block an idle engine until rows are queued (then up to `idle_join_wait_s` for others to join the first)
+        or the queue is closed and empty: False then, the engine may stop."""
+        with self._condition:
+            while not self._pending:
+                if self._closed:
+                    return False
+                self._condition.wait()
+            start_by = self._pending[0].enqueued_at + self.limits.idle_join_wait_s
+            while not self._closed and (remaining := start_by - self.clock()) > 0:
+                self._condition.wait(remaining)
+            return True
 
     def take(self, room_rows: int, room_tokens: int, engine_empty: bool) -> list[ItemT]:
         """Queued rows for the engine, oldest first, as many as fit: at most `room_rows`, and as one new group of
@@ -174,7 +152,7 @@ class AdmissionQueue(Generic[ItemT]):
         now = self.clock()
         taken: list[ItemT] = []
         longest = 0
-        with self._lock:
+        with self._condition:
             if now - self._last_scan >= ABANDONED_SCAN_INTERVAL_S:
                 self._drop_abandoned(now)
             while self._pending and len(taken) < room_rows:

@@ -1,11 +1,5 @@
-"""What every engine shares (DESIGN 5.2 and 6): a loop of steps that owns the model and the device, run as a task
-on the server's event loop; lifecycle `load` -> `start` -> `submit`* -> `aclose`, and `health` says where it is.
-
-Why on the event loop and not in a thread of its own: a request then crosses no thread (a hand-off cost a
-measured ~4% of a batch-1 request on the 2-core CPU), the HTTP work and the steps never contend for the GIL, and
-admission between steps is simply the loop's turn. The HTTP side is cheap (about 0.8 ms a request, measured
-with a stub engine), and a step is a few to a few tens of milliseconds, so new requests wait at most a step to be
-read, as they would wait a step to join anyway.
+"""What every engine shares (DESIGN 5.2 and 6): one thread owns the model and the device and runs a loop of steps;
+lifecycle `load` -> `submit`* -> `close`, and `health` says where it is.
 
 The loop: when nothing is in flight, wait for work; between any two steps, admit queued rows within the budgets
 (which count the rows already in flight); run one step (a layer for a group of rows, or a token for every caption);
@@ -18,8 +12,8 @@ which rows a failed step takes with it (`_fail_step`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -94,8 +88,7 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         self.bundle: BundleT | None = None
         self._warmed_up = False
         self._error: str | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._torch_threads: int | None = None
+        self._thread: threading.Thread | None = None
         self._stop_now = False
         self._rows_left = 0  # rows that left the engine (answered or dropped after joining it), for the drain rate
         self._cancellations = 0  # bumped by the event loop when a client leaves: rows in flight need a look
@@ -152,10 +145,10 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
-    def load(self, bundle_path: Path, torch_threads: int | None) -> None:
-        """Load the bundle. Blocking: call it off the event loop. `start` then serves it on the loop."""
+    def load(self, bundle_path: Path, torch_threads: int | None, start_worker: bool = True) -> None:
+        """Load and warm up, then start the engine thread (unless `start_worker` is False: benchmarks then call
+        `run_until_idle` in their own thread). Blocking: call it off the event loop."""
         try:
-            self._torch_threads = torch_threads
             if torch_threads:
                 torch.set_num_threads(torch_threads)
             if self.device.type == "cuda":
@@ -165,32 +158,26 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
                 torch.backends.cuda.enable_cudnn_sdp(False)
             self.bundle = self._load_bundle(bundle_path)
             self.metrics.model_info.labels(self.bundle.name, self.bundle.version, self.task).set(1)
+            if start_worker:
+                warmed = threading.Event()
+                self._thread = threading.Thread(target=self._run, args=(warmed,), name="beem-engine", daemon=True)
+                self._thread.start()
+                warmed.wait()
+                if self._error is not None:
+                    raise RuntimeError(self._error)
+            else:
+                self._warm_up()
+            self._warmed_up = True
         except Exception as error:
             self._error = f"{type(error).__name__}: {error}"
             log.exception("bundle failed to load")
             raise
 
-    def warm_up(self) -> None:
-        """Run the model once in this thread (torch's thread pools are per thread: warm up where you serve)."""
-        try:
-            if self._torch_threads:
-                torch.set_num_threads(self._torch_threads)
-            self._warm_up()
-        except Exception as error:
-            self._error = f"warm-up failed: {type(error).__name__}: {error}"
-            log.exception("warm-up failed")
-            raise
-        self._warmed_up = True
-
-    def start(self) -> None:
-        """Serve on the running event loop: warm up there, then run the step loop as a task (`serve`)."""
-        self._task = asyncio.get_running_loop().create_task(self.serve(), name="beem-engine")
-
     def health(self) -> EngineHealth:
         return EngineHealth(
             loaded=self.bundle is not None,
             warmed_up=self._warmed_up,
-            closed=self._task is not None and self._task.done(),
+            closed=self._thread is not None and not self._thread.is_alive(),
             error=self._error,
             queue_depth=self.queue.depth,
             inflight_rows=self.inflight_rows,
@@ -199,38 +186,33 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
     def submit(self, items: list[ItemT]) -> None:
         self.queue.submit(items)
 
-    async def aclose(self, timeout_s: float = 60.0) -> None:
-        """Admit nothing more, finish every admitted row, stop the step loop. Rows still in flight after
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Admit nothing more, finish every admitted row, stop the engine thread. Rows still in flight after
         `timeout_s` leave as shutdown."""
         self.queue.close()
-        if self._task is None:
+        if self._thread is None:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-        except TimeoutError:
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
             self._stop_now = True
-            await self._task
+            self._thread.join(10.0)
 
     # -- the loop ---------------------------------------------------------------------------------------------
 
-    async def serve(self) -> None:
-        """The step loop, on the server's event loop: one step, then the loop reads new requests, admits them and
-        sends the answers the step made, then the next step. Nothing crosses a thread: a request's rows join at
-        the next step after it arrives, and its answer goes out right after the step that finished it."""
+    def _run(self, warmed: threading.Event) -> None:
         try:
-            self.warm_up()
-        except Exception:
+            self._warm_up()
+        except Exception as error:
+            self._error = f"warm-up failed: {type(error).__name__}: {error}"
             return
-        try:
-            while not self._stop_now:
-                if self.step_once():
-                    await asyncio.sleep(0)  # the event loop's turn: read requests, send answers
-                elif not await self.queue.work_arrived():
-                    break
         finally:
-            for item, layers in self._all_rows():
-                self._drop([item], RowFate.SHUTDOWN, layers)
-            self.ledger.drop(self.queue.take(1 << 30, 1 << 62, engine_empty=True), RowFate.SHUTDOWN)
+            warmed.set()
+        while self.run_until_idle() or self.queue.wait_for_work():
+            if self._stop_now:
+                break
+        for item, layers in self._all_rows():
+            self._drop([item], RowFate.SHUTDOWN, layers)
+        self.ledger.drop(self.queue.take(1 << 30, 1 << 62, engine_empty=True), RowFate.SHUTDOWN)
 
     def run_until_idle(self) -> bool:
         """Admit and step until nothing is in flight or queued; False when there was nothing to do. The engine

@@ -14,13 +14,13 @@ from service.engine.row_outcome import RowOutcome
 
 @dataclass(eq=False, kw_only=True)
 class QueuedRow:
-    """What every row has. The engine's step loop owns a row once submitted; the request side only flips
-    `cancelled` when the client leaves, and the loop reads it between steps."""
+    """What every row has. The engine thread owns a row once submitted; the event loop only flips `cancelled` (a
+    plain bool, atomic under the GIL) when the client leaves."""
 
     policy: ExitPolicy
     policy_name: str
     deadline: float  # time.monotonic() after which the answer is useless
-    on_done: Callable[[RowOutcome], None]  # hands the outcome to the request's future (from any thread)
+    on_done: Callable[[RowOutcome], None]  # thread-safe: hands the outcome to the request's event loop
     enqueued_at: float = 0.0
     cancelled: bool = False
     settled: bool = False  # it has left and been counted (RowLedger): nothing may count or answer it again

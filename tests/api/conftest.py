@@ -1,4 +1,4 @@
-"""An in-process app over the tiny bundle, through the real factory, lifespan and engine step loop."""
+"""An in-process app over the tiny bundle, through the real factory, lifespan and engine thread."""
 
 from __future__ import annotations
 

@@ -20,8 +20,7 @@ def loaded_engine(bundle_dir: Path, **settings: object) -> InferenceEngine:
     manifest = read_manifest(resolve_bundle_dir(bundle_dir))
     engine = build_engine(ServerSettings(bundle=bundle_dir, **settings), "classification", int(manifest["num_layers"]))
     assert isinstance(engine, InferenceEngine)
-    engine.load(bundle_dir, None)
-    engine.warm_up()
+    engine.load(bundle_dir, None, start_worker=False)
     return engine
 
 
