@@ -30,7 +30,7 @@ AnswerT = TypeVar("AnswerT", ClassAnswer, CaptionAnswer)
 
 
 class Cancellable(Protocol):
-    cancelled: bool
+    def cancel(self, fate: RowFate = ...) -> None: ...
 
 
 class RequestAnswers(Generic[AnswerT]):
@@ -85,7 +85,7 @@ class RequestAnswers(Generic[AnswerT]):
         for outcome in outcomes:
             if isinstance(outcome, Dropped):
                 for item in items:  # the request has failed: its other rows are not worth computing
-                    item.cancelled = True
+                    item.cancel(outcome.fate)
                 on_client_gone()
                 raise _error_for(outcome, timeout_s)
             assert isinstance(outcome, self.answer_type)
@@ -116,5 +116,5 @@ async def _cancel_when_client_leaves(
         while not await request.is_disconnected():
             await asyncio.sleep(DISCONNECT_POLL_S)
         for item in items:
-            item.cancelled = True
+            item.cancel(RowFate.CLIENT_GONE)
         on_client_gone()

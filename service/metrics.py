@@ -48,8 +48,8 @@ class ServiceMetrics:
             registry=self.registry,
         )  # fmt: skip
         self.expected_queue_wait = Gauge(
-            "beem_expected_queue_wait_seconds", "Rows waiting / measured drain rate: what admission compares with "
-            "max_queue_wait_ms", registry=self.registry,
+            "beem_expected_queue_wait_seconds", "(Rows waiting + rows in flight) / measured drain rate: what "
+            "admission compares with max_queue_wait_ms", registry=self.registry,
         )  # fmt: skip
         self.drain_rate = Gauge(
             "beem_drain_rate_rows_per_second", "Rows the engine finishes per second of busy time (smoothed)",

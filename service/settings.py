@@ -51,3 +51,12 @@ class ServerSettings(BaseSettings):
         if not self.bundle.exists():
             raise ValueError(f"bundle {self.bundle} does not exist")
         return self
+
+    @model_validator(mode="after")
+    def _a_full_request_fits_the_queue(self) -> ServerSettings:
+        # A request with more rows than the queue holds would get 429 for ever: refuse the settings instead.
+        if self.max_inputs_per_request > self.max_queue:
+            raise ValueError(
+                f"max_inputs_per_request ({self.max_inputs_per_request}) must not exceed max_queue ({self.max_queue})"
+            )
+        return self

@@ -62,31 +62,41 @@ class CaptionRows:
         layer = self.decoder.layer(0)
         empty = torch.zeros((count, layer.num_heads, self.width, layer.head_dim), device=device, dtype=dtype)
         image_kv = self.decoder.image_keys_values(image_features)
+        start = torch.full((count,), self.start_token, dtype=torch.int64, device=device)
+        blank = torch.zeros((count, self.width), dtype=torch.int64, device=device)
+        rule_codes = np.asarray(policies.rule.tolist(), dtype=np.int64)
         if self._policies is None:
-            self._policies = policies
-            self._keys = [empty.clone() for _ in range(self.decoder.num_layers)]
-            self._values = [empty.clone() for _ in range(self.decoder.num_layers)]
-            self._image_kv = image_kv
-            self._positions = torch.zeros(count, dtype=torch.int64, device=device)
-            self._newest = torch.full((count,), self.start_token, dtype=torch.int64, device=device)
-            self._tokens = torch.zeros((count, self.width), dtype=torch.int64, device=device)
-            self._exit_layers = torch.zeros((count, self.width), dtype=torch.int64, device=device)
+            joined = (
+                policies,
+                [empty.clone() for _ in range(self.decoder.num_layers)],
+                [empty.clone() for _ in range(self.decoder.num_layers)],
+                image_kv,
+                torch.zeros(count, dtype=torch.int64, device=device),
+                start,
+                blank,
+                blank.clone(),
+            )
         else:
-            self._policies = self._policies.cat(policies)
-            self._keys = [torch.cat((keys, empty)) for keys in self._keys]
-            self._values = [torch.cat((values, empty)) for values in self._values]
-            self._image_kv = [
-                (torch.cat((keys, new_keys)), torch.cat((values, new_values)))
-                for (keys, values), (new_keys, new_values) in zip(self._image_kv, image_kv, strict=True)
-            ]
-            self._positions = torch.cat((self._positions, torch.zeros(count, dtype=torch.int64, device=device)))
-            start = torch.full((count,), self.start_token, dtype=torch.int64, device=device)
-            self._newest = torch.cat((self._newest, start))
-            blank = torch.zeros((count, self.width), dtype=torch.int64, device=device)
-            self._tokens = torch.cat((self._tokens, blank))
-            self._exit_layers = torch.cat((self._exit_layers, blank))
+            joined = (
+                self._policies.cat(policies),
+                [torch.cat((keys, empty)) for keys in self._keys],
+                [torch.cat((values, empty)) for values in self._values],
+                [
+                    (torch.cat((keys, new_keys)), torch.cat((values, new_values)))
+                    for (keys, values), (new_keys, new_values) in zip(self._image_kv, image_kv, strict=True)
+                ],
+                torch.cat((self._positions, torch.zeros(count, dtype=torch.int64, device=device))),
+                torch.cat((self._newest, start)),
+                torch.cat((self._tokens, blank)),
+                torch.cat((self._exit_layers, blank)),
+            )
+            rule_codes = np.concatenate((self._rule_codes, rule_codes))
+        # Everything new is built before anything is assigned: a join that fails (out of memory) leaves the rows
+        # in flight as they were.
+        (self._policies, self._keys, self._values, self._image_kv, self._positions, self._newest, self._tokens,
+         self._exit_layers) = joined  # fmt: skip
         self.lengths = np.concatenate((self.lengths, np.zeros(count, dtype=np.int64)))
-        self._set_rules(np.concatenate((self._rule_codes, np.asarray(policies.rule.tolist(), dtype=np.int64))))
+        self._set_rules(rule_codes)
         self.num_rows += count
 
     @torch.inference_mode()
@@ -165,11 +175,11 @@ class CaptionRows:
         self._rules = frozenset(ArrayRule(code) for code in np.unique(codes).tolist())
         self._reads_entropy = ArrayRule.ENTROPY in self._rules
 
-    def captions(self, rows: np.ndarray, complete: bool = True) -> list[DecodedCaption]:
+    def captions(self, rows: np.ndarray) -> list[DecodedCaption]:
         """What rows (indices) have generated so far (reads back only these rows)."""
         index = torch.from_numpy(rows).to(self._tokens.device)
         tokens, layers = self._tokens[index].tolist(), self._exit_layers[index].tolist()
-        return [DecodedCaption(tokens[slot][:length], layers[slot][:length], complete)
+        return [DecodedCaption(tokens[slot][:length], layers[slot][:length])
                 for slot, length in enumerate(self.lengths[rows].tolist())]  # fmt: skip
 
     def take(self, keep: np.ndarray) -> None:

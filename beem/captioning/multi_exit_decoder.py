@@ -56,11 +56,6 @@ class LayerCache:
     def length(self) -> int:
         return 0 if self.keys is None else int(self.keys.shape[2])
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows (finished captions leave the batch)."""
-        if self.keys is not None and self.values is not None:
-            self.keys, self.values = self.keys[rows], self.values[rows]
-
 
 class DecoderLayer(nn.Module):
     def __init__(self, spec: DecoderSpec) -> None:

@@ -36,10 +36,12 @@ class _Rows:
         """Keep `rows`: a 1-D index tensor or a (R,) bool mask."""
         return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
-    def cat(self, other: Self) -> Self:
-        return replace(
-            self, **{f.name: torch.cat((getattr(self, f.name), getattr(other, f.name))) for f in fields(self)}
-        )
+    def cat(self, *others: Self) -> Self:
+        """These rows, then the rows of each of `others` (one concatenation per field)."""
+        if not others:
+            return self
+        parts = (self, *others)
+        return replace(self, **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(self)})
 
     def to(self, device: torch.device) -> Self:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -47,14 +49,6 @@ class _Rows:
     @property
     def num_rows(self) -> int:
         return int(getattr(self, fields(self)[0].name).shape[0])
-
-
-def _take(tensor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
-    return None if tensor is None else tensor[rows]
-
-
-def _cat(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
-    return None if first is None or second is None else torch.cat((first, second))
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Exit policies: pure per-sample decisions with explicit state. No torch, no numpy, nothing on the model.
 
 Every policy has the same shape: after each exit head it folds the exit's observation into a running `score` and
-the sample leaves once `score >= threshold` (or at the last layer it may run). Calibration replays `update` over
-cached observations to get each sample's score trajectory and then tries thresholds against it; serving calls
-`step` row by row inside a batch. One implementation, so the threshold chosen offline means the same online.
+the sample leaves once `score >= threshold` (or at the last layer it may run). This is the readable reference:
+calibration's threshold scan and serving run the array form (`array_policies.py`, a whole group of rows per call),
+and a hypothesis test holds the two equal decision for decision, so a threshold chosen offline means the same
+online.
 
 | policy    | score after exit i                                   | threshold            |
 |-----------|------------------------------------------------------|----------------------|

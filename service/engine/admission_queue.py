@@ -68,6 +68,7 @@ class AdmissionQueue(Generic[ItemT]):
         self._pending: deque[ItemT] = deque()
         self._condition = threading.Condition()
         self._closed = False
+        self._closed_because = "the server is shutting down"
         self._last_scan = 0.0
         self.engine_rows = 0  # rows in flight in the engine; it updates this whenever rows come or go
 
@@ -94,7 +95,7 @@ class AdmissionQueue(Generic[ItemT]):
 
     def _refusal(self, num_rows: int) -> QueueFullError | EngineClosedError | None:
         if self._closed:
-            return EngineClosedError("the server is shutting down")
+            return EngineClosedError(self._closed_because)
         waiting = len(self._pending)
         expected = self.expected_wait_s(waiting)
         retry_after = max(1.0, math.ceil(expected))
@@ -124,10 +125,12 @@ class AdmissionQueue(Generic[ItemT]):
             self._publish()
             self._condition.notify()
 
-    def close(self) -> None:
-        """Admit nothing more; `take` keeps handing out what was admitted."""
+    def close(self, because: str = "the server is shutting down") -> None:
+        """Admit nothing more (new requests get 503 saying `because`); `take` keeps handing out what was
+        admitted."""
         with self._condition:
-            self._closed = True
+            if not self._closed:
+                self._closed, self._closed_because = True, because
             self._condition.notify_all()
 
     def wait_for_work(self) -> bool:
@@ -176,7 +179,7 @@ class AdmissionQueue(Generic[ItemT]):
         kept: deque[ItemT] = deque()
         for item in self._pending:
             if item.cancelled:
-                self.ledger.drop([item], RowFate.CLIENT_GONE)
+                self.ledger.drop([item], item.cancelled_as)
             elif item.deadline <= now:
                 self.ledger.drop([item], RowFate.TIMEOUT)
             else:

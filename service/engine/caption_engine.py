@@ -71,9 +71,10 @@ class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
         return list(zip(self._items[rows], self._layers_run(rows), strict=True))
 
     def _rows_of_failed_step(self) -> Sequence[tuple[CaptionWorkItem, int]]:
-        """A token step runs every caption: a failure takes them all (the cache may be half written)."""
+        """A token step runs every caption: a failure takes them all (the cache may be half written; the tokens and
+        exit layers so far are whole, so each is counted with the decoder layers it ran)."""
         assert self.bundle is not None
-        failed = [(item, 0) for item in self._items]
+        failed = self._all_rows()
         vocabulary = self.bundle.vocabulary
         self._rows = CaptionRows(self.bundle.captioner.decoder, vocabulary.start_id, vocabulary.end_id,
                                  self.bundle.max_length)  # fmt: skip
@@ -121,7 +122,7 @@ class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
                 self._answer(item, CaptionAnswer(tuple(caption.tokens), tuple(caption.exit_layers)),
                              caption.exit_layers)  # fmt: skip
             else:
-                fate = RowFate.CLIENT_GONE if item.cancelled else RowFate.TIMEOUT
+                fate = item.cancelled_as if item.cancelled else RowFate.TIMEOUT
                 self._drop([item], fate, sum(caption.exit_layers))
         keep = ~leaving
         self._rows.take(keep)

@@ -22,7 +22,7 @@ class DrainRate:
         self._rate: float | None = None
 
     def record(self, rows_left: int, busy_s: float) -> None:
-        """One engine step: the rows that left the engine during it and how long it took. Engine thread only."""
+        """One engine step: the rows that left the engine during it and how long it took (the step loop calls it)."""
         self._rows += rows_left
         self._busy_s += busy_s
         if self._busy_s >= self.window_s:

@@ -111,10 +111,8 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
                                         for item in items])  # fmt: skip
         move = (lambda t: t.to(self.device, non_blocking=True)) if self.device.type == "cuda" else (lambda t: t)
         encoder = model.embed(move(input_ids), move(attention_mask), None if token_types is None else move(token_types))
-        policy_rows = [self._policy_rows(item) for item in items]
-        policies = policy_rows[0]
-        for more in policy_rows[1:]:
-            policies = policies.cat(more)
+        first, *more = [self._policy_rows(item) for item in items]
+        policies = first.cat(*more)  # (R,) per field
         group = RowGroup(
             encoder=encoder,
             states=RowStates.fresh(count, self.device),
@@ -152,9 +150,10 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
         group = self._without_abandoned(picked)
         self._current = group
         advanced = None if group is None else self._advance(group)
-        self._current = None
+        self._current = advanced  # until it is placed: a failed merge fails these rows, it does not lose them
         if advanced is not None:
             self._place(advanced)
+        self._current = None
 
     def _without_abandoned(self, group: RowGroup) -> RowGroup | None:
         """Rows whose deadline passed or whose client left leave before this step spends anything on them."""
@@ -168,7 +167,8 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
             group.cancellations_seen = self._cancellations
         if not (timed_out.any() or cancelled.any()):
             return group
-        self._drop(group.items[cancelled], RowFate.CLIENT_GONE, group.depth)
+        for item in group.items[cancelled]:
+            self._drop([item], item.cancelled_as, group.depth)
         self._drop(group.items[timed_out & ~cancelled], RowFate.TIMEOUT, group.depth)
         keep = ~(timed_out | cancelled)
         assert self.bundle is not None

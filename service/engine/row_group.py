@@ -105,7 +105,7 @@ class RowGroup:
         mask = torch.cat([_pad_tokens(g.encoder.attention_mask, width) for g in (self, other)])  # (R1 + R2, T)
         traces = None
         if self.traces is not None or other.traces is not None:
-            parts = [g.traces or _no_traces(g.num_rows, num_layers, hidden.device) for g in (self, other)]
+            parts = [g.traces or new_traces(g.num_rows, num_layers, hidden.device) for g in (self, other)]
             traces = (torch.cat((parts[0][0], parts[1][0])), torch.cat((parts[0][1], parts[1][1])))
         return RowGroup(
             encoder=backbone.regroup(hidden, mask, self.depth),
@@ -123,14 +123,10 @@ class RowGroup:
         )
 
 
-def _no_traces(count: int, num_layers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.zeros((count, num_layers), dtype=torch.int64, device=device),
-            torch.zeros((count, num_layers), dtype=torch.float64, device=device))  # fmt: skip
-
-
 def new_traces(count: int, num_layers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Empty exit traces for `count` rows: labels (R, L) and confidences (R, L)."""
-    return _no_traces(count, num_layers, device)
+    return (torch.zeros((count, num_layers), dtype=torch.int64, device=device),
+            torch.zeros((count, num_layers), dtype=torch.float64, device=device))  # fmt: skip
 
 
 def _pad_tokens(tensor: torch.Tensor, width: int) -> torch.Tensor:

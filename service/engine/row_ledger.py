@@ -32,10 +32,11 @@ class RowLedger:
         """Rows refused before they were made (the admission check ahead of tokenization)."""
         self._left[fate].inc(count)
 
-    def answer(self, item: QueuedRow, answer: ClassAnswer | CaptionAnswer, exit_layers: Sequence[int]) -> None:
-        """An answered row; `exit_layers` holds one layer per exit it answered with (one per caption token)."""
+    def answer(self, item: QueuedRow, answer: ClassAnswer | CaptionAnswer, exit_layers: Sequence[int]) -> bool:
+        """An answered row; `exit_layers` holds one layer per exit it answered with (one per caption token).
+        False when the row had already left (it is not counted again)."""
         if item.settled:
-            return
+            return False
         item.settled = True
         histogram = self.metrics.exit_layer.labels(item.policy_name, self.task)
         for layer in exit_layers:
@@ -44,13 +45,18 @@ class RowLedger:
         self._possible.inc(self.num_layers * len(exit_layers))
         self._left[RowFate.ANSWERED].inc()
         item.on_done(answer)
+        return True
 
-    def drop(self, items: Iterable[QueuedRow], fate: RowFate, layers_run: int = 0, detail: str = "") -> None:
-        """Rows that leave unanswered, each having run `layers_run` layers (counted as computed, not possible)."""
+    def drop(self, items: Iterable[QueuedRow], fate: RowFate, layers_run: int = 0, detail: str = "") -> int:
+        """Rows that leave unanswered, each having run `layers_run` layers (counted as computed, not possible).
+        Returns how many left now (rows that had already left are not counted again)."""
+        left = 0
         for item in items:
             if item.settled:
                 continue
             item.settled = True
+            left += 1
             self._computed.inc(layers_run)
             self._left[fate].inc()
             item.on_done(Dropped(fate, detail))
+        return left

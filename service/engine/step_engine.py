@@ -26,6 +26,7 @@ import torch
 from beem.bundle.bundle_reader import ManifestFields
 from service.engine.admission_queue import AdmissionQueue
 from service.engine.drain_rate import DrainRate
+from service.engine.group_selection import GROUP_SELECTION_RULES
 from service.engine.row_ledger import RowLedger
 from service.engine.row_outcome import CaptionAnswer, ClassAnswer, RowFate
 from service.engine.work_item import QueuedRow
@@ -44,6 +45,10 @@ class EngineBudget:
     max_rows: int  # rows in the engine at once, at any depth
     max_tokens: int  # padded tokens in the engine at once (rows x their group's longest row, summed)
     group_selection: str = "oldest"
+
+    def __post_init__(self) -> None:
+        if self.group_selection not in GROUP_SELECTION_RULES:
+            raise ValueError(f"group_selection {self.group_selection!r}: expected one of {GROUP_SELECTION_RULES}")
 
 
 @dataclass(frozen=True)
@@ -131,13 +136,10 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
     # -- how rows leave: through the ledger, counted for the drain rate ---------------------------------------
 
     def _answer(self, item: ItemT, answer: ClassAnswer | CaptionAnswer, exit_layers: Sequence[int]) -> None:
-        self._rows_left += 1
-        self.ledger.answer(item, answer, exit_layers)
+        self._rows_left += self.ledger.answer(item, answer, exit_layers)
 
     def _drop(self, items: Iterable[ItemT], fate: RowFate, layers_run: int, detail: str = "") -> None:
-        for item in items:
-            self._rows_left += 1
-            self.ledger.drop([item], fate, layers_run, detail)
+        self._rows_left += self.ledger.drop(items, fate, layers_run, detail)
 
     def notice_cancellation(self) -> None:
         """A client left (event loop thread): its rows are dropped before the next step spends anything on them."""
@@ -207,12 +209,22 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
             return
         finally:
             warmed.set()
-        while self.run_until_idle() or self.queue.wait_for_work():
-            if self._stop_now:
-                break
+        fate, detail = RowFate.SHUTDOWN, ""
+        try:
+            while self.run_until_idle() or self.queue.wait_for_work():
+                if self._stop_now:
+                    break
+        except Exception as error:
+            # A fault outside a step's own guard (the queue, the bookkeeping): nothing says the engine's state is
+            # sound, so it stops. New requests get 503 with the reason, /readyz says it, and no admitted row is
+            # left waiting for its timeout.
+            self._error = f"engine loop failed: {type(error).__name__}: {error}"
+            log.exception("the engine loop stopped")
+            fate, detail = RowFate.ERROR, self._error
+            self.queue.close(f"the engine stopped: {self._error}")
         for item, layers in self._all_rows():
-            self._drop([item], RowFate.SHUTDOWN, layers)
-        self.ledger.drop(self.queue.take(1 << 30, 1 << 62, engine_empty=True), RowFate.SHUTDOWN)
+            self._drop([item], fate, layers, detail)
+        self.ledger.drop(self.queue.take(1 << 30, 1 << 62, engine_empty=True), fate, 0, detail)
 
     def run_until_idle(self) -> bool:
         """Admit and step until nothing is in flight or queued; False when there was nothing to do. The engine
@@ -233,8 +245,11 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         try:
             self._step()
         except Exception as error:  # a bug or a bad input must not kill the engine: fail this step's rows
+            failed = self._rows_of_failed_step()
+            if not failed:
+                raise  # no rows to blame: the engine itself is at fault, and the same step would fail again
             log.exception("engine step failed")
-            for item, layers in self._rows_of_failed_step():
+            for item, layers in failed:
                 self._drop([item], RowFate.ERROR, layers, f"{type(error).__name__}: {error}")
         self.drain.record(self._rows_left - left_before, time.perf_counter() - started)
         if self._rows_left != left_before:
@@ -264,3 +279,4 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         except Exception as error:
             log.exception("rows could not join the engine")
             self._drop(items, RowFate.ERROR, 0, f"{type(error).__name__}: {error}")
+            self._publish(self.inflight_rows)

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import torch
 
 from beem.policies.exit_policies import ExitPolicy
-from service.engine.row_outcome import RowOutcome
+from service.engine.row_outcome import RowFate, RowOutcome
 
 
 @dataclass(eq=False, kw_only=True)
 class QueuedRow:
-    """What every row has. The engine thread owns a row once submitted; the event loop only flips `cancelled` (a
-    plain bool, atomic under the GIL) when the client leaves."""
+    """What every row has. The engine thread owns a row once submitted; the request side only flips `cancelled`
+    (a plain bool, atomic under the GIL) when nobody waits for the row any more (`cancel`)."""
 
     policy: ExitPolicy
     policy_name: str
@@ -23,12 +23,17 @@ class QueuedRow:
     on_done: Callable[[RowOutcome], None]  # thread-safe: hands the outcome to the request's event loop
     enqueued_at: float = 0.0
     cancelled: bool = False
+    cancelled_as: RowFate = RowFate.CLIENT_GONE  # why: the client left, or a sibling row failed the request
     settled: bool = False  # it has left and been counted (RowLedger): nothing may count or answer it again
 
     @property
     def num_tokens(self) -> int:
         """Its size in the token budget."""
         return 1
+
+    def cancel(self, fate: RowFate = RowFate.CLIENT_GONE) -> None:
+        """Nobody waits for this row any more: the engine drops it at its next look, counted as `fate`."""
+        self.cancelled_as, self.cancelled = fate, True
 
 
 @dataclass(eq=False, kw_only=True)

@@ -26,7 +26,7 @@ async def readyz(request: Request) -> JSONResponse:
     health = request.app.state.engine.health()
     ready = health.warmed_up and not health.closed and not request.app.state.shutting_down
     body = {"status": "ready" if ready else "not_ready", "loaded": health.loaded, "error": health.error,
-            "queue_depth": health.queue_depth}  # fmt: skip
+            "queue_depth": health.queue_depth, "inflight_rows": health.inflight_rows}  # fmt: skip
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -39,3 +39,28 @@ def test_a_step_that_raises_answers_500_and_the_next_request_is_served(
         metrics = client.get("/metrics").text
         assert 'beem_rows_total{outcome="error",task="classification"} 2.0' in metrics
         assert 'beem_requests_total{policy="beem-a",route="/v1/classify",status="500"} 1.0' in metrics
+
+
+def test_a_fault_outside_a_step_stops_the_engine_and_says_so(
+    tiny_bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the loop's own bookkeeping fails, the engine's state is not trusted: the rows in flight get 500 at once
+    (not a 504 at their timeout), and the server refuses new work with 503 and a reason instead of queueing it."""
+    for client in ready_client(ServerSettings(bundle=tiny_bundle_dir)):
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+
+        def broken_record(rows_left: int, busy_s: float) -> None:
+            raise RuntimeError("injected bookkeeping fault")
+
+        monkeypatch.setattr(engine.drain, "record", broken_record)
+        failed = client.post("/v1/classify", json={"inputs": ["one", "two"], "policy": {"name": "full"}})
+        assert failed.status_code == 500
+        assert "injected bookkeeping fault" in failed.json()["error"]
+        refused = client.post("/v1/classify", json={"inputs": "one"})
+        assert refused.status_code == 503
+        assert "the engine stopped" in refused.json()["error"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "injected bookkeeping fault" in ready.text
+        metrics = client.get("/metrics").text
+        assert 'beem_rows_total{outcome="error",task="classification"} 2.0' in metrics

@@ -36,7 +36,7 @@ def _serve(client: TestClient, texts: list[str], policy: str) -> list[tuple[str,
 def test_batching_never_changes_a_samples_answer(default_client: TestClient, policy: str) -> None:
     texts = [e.text for e in split_dataset(read_dataset(REPO_DATA_FILE)).test.examples[:SAMPLES]]
     alone = [_serve(default_client, [text], policy)[0] for text in texts]
-    together = _serve(default_client, texts, policy)  # padded to the longest, split into micro-batches of 16
+    together = _serve(default_client, texts, policy)  # padded to the longest, joining the engine in groups
     reversed_neighbours = _serve(default_client, texts[::-1], policy)[::-1]
     assert together == alone
     assert reversed_neighbours == alone

@@ -1,4 +1,5 @@
-"""Overload and time limits: 429 with Retry-After when the queue is full, 504 past the deadline, 503 until ready."""
+"""Overload and time limits: 429 with Retry-After past the expected-wait bound, 504 past the deadline, 503 until
+ready."""
 
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ from service.settings import ServerSettings
 from tests.api.conftest import ready_client
 
 
-def test_full_queue_sheds_load_with_retry_after(tiny_bundle_dir: Path) -> None:
-    for client in ready_client(ServerSettings(bundle=tiny_bundle_dir, max_queue=1)):
-        response = client.post("/v1/classify", json={"inputs": ["one", "two"]})  # two rows, room for one
+def test_expected_wait_past_the_bound_sheds_with_retry_after(tiny_bundle_dir: Path) -> None:
+    for client in ready_client(ServerSettings(bundle=tiny_bundle_dir, max_queue_wait_ms=500)):
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        engine.drain.record(10, 1.0)  # the engine has measured 10 rows per busy second
+        engine.queue.engine_rows = 30  # and holds 30 rows: a new request would wait 3 s
+        response = client.post("/v1/classify", json={"inputs": ["one", "two"]})
         assert response.status_code == 429
-        assert response.headers["retry-after"] == "1"
+        assert response.headers["retry-after"] == "3"
         assert response.json()["error_type"] == "overloaded"
+        assert "expected queue wait 3000 ms" in response.json()["error"]
+        engine.queue.engine_rows = 0  # drained
         assert client.post("/v1/classify", json={"inputs": "one"}).status_code == 200
-        assert 'status="429"' in client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert 'status="429"' in metrics
+        assert 'beem_rows_total{outcome="shed",task="classification"} 2.0' in metrics
 
 
 def test_request_past_its_deadline_gets_504_and_costs_no_compute(tiny_bundle_dir: Path) -> None:

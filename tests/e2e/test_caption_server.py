@@ -1,5 +1,5 @@
 """A real `beem serve` process on the tiny caption bundle, talked to over HTTP: concurrent uploads share
-micro-batches and get the answers they would get alone; a damaged upload is a 4xx, not a crash; a caption server
+token steps and get the answers they would get alone; a damaged upload is a 4xx, not a crash; a caption server
 has no classification routes."""
 
 from __future__ import annotations

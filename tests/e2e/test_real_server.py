@@ -83,7 +83,7 @@ def test_concurrent_requests_are_batched_and_metrics_scraped(server: ServerProce
     metrics = httpx.get(f"{server.url}/metrics").text
     batches = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("beem_batch_size_count"))
     rows = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("beem_batch_size_sum"))
-    assert rows == 48 and batches < 48, "concurrent requests should share micro-batches"
+    assert rows == 48 and batches < 48, "concurrent requests should join the engine together"
     assert 'beem_requests_total{policy="full",route="/v1/classify",status="200"} 48.0' in metrics
 
 

@@ -97,7 +97,7 @@ def test_cancelled_and_timed_out_rows_leave_between_steps(engine: InferenceEngin
     short = submit(engine, TEXTS[3:4], FullDepthPolicy(), timeout_s=0.2)
     engine.step_once()  # one group of four at depth 1
     assert group_depths(engine) == [(1, 4)]
-    submitted.items[1].cancelled = True
+    submitted.items[1].cancel()
     engine.notice_cancellation()
     time.sleep(0.25)
     engine.step_once()  # they leave before layer 2 runs

@@ -124,7 +124,7 @@ def test_abandoned_rows_are_dropped_in_the_queue_before_any_compute() -> None:
     queue, metrics, clock = make_queue(rate=None)
     gone, late, kept = Row(), Row(deadline=clock.now + 1), Row(deadline=clock.now + 10)
     queue.submit([gone, late, kept])
-    gone.cancelled = True
+    gone.cancel()
     clock.now += 2
     assert queue.take(10, 100, engine_empty=True) == [kept]
     assert gone.outcomes == [Dropped(RowFate.CLIENT_GONE)] and late.outcomes == [Dropped(RowFate.TIMEOUT)]

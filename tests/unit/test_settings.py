@@ -30,6 +30,9 @@ def test_environment_then_explicit_values(monkeypatch: pytest.MonkeyPatch) -> No
         ("request_timeout_s", 0),
         ("bundle", "/no/such/bundle"),
         ("unknown_setting", 1),
+        ("max_queue_wait_ms", 0),
+        ("group_selection", "random"),
+        ("max_queue", 8),  # below max_inputs_per_request (64): a full-size request could never be admitted
     ],
 )
 def test_invalid_settings_are_refused(field: str, value: object) -> None:
