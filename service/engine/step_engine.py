@@ -148,8 +148,26 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     def load(self, bundle_path: Path, torch_threads: int | None, start_worker: bool = True) -> None:
-        """Load and warm up, then start the engine thread (unless `start_worker` is False: benchmarks then call
-        `run_until_idle` in their own thread). Blocking: call it off the event loop."""
+        """Load and warm up in the engine thread, which then serves (unless `start_worker` is False: then here, and
+        benchmarks call `run_until_idle` in this thread). Blocking: call it off the event loop.
+
+        Every torch op of the process runs in that one thread, loading included. Why: each thread that runs a
+        parallel torch op gets an OpenMP thread pool of its own, and once libgomp manages more threads than there
+        are cores it stops spinning between parallel regions, so every one of the hundreds of regions in a forward
+        pays a futex wake-up. Measured on the 2-core CPU: a MiniLM forward at batch 1 took 6.4 ms when one thread
+        did everything, 8.2-9.2 ms in a thread after another thread had loaded the model."""
+        if not start_worker:
+            self._load_and_warm_up(bundle_path, torch_threads)
+            return
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(bundle_path, torch_threads, ready),
+                                        name="beem-engine", daemon=True)  # fmt: skip
+        self._thread.start()
+        ready.wait()
+        if self._error is not None:
+            raise RuntimeError(self._error)
+
+    def _load_and_warm_up(self, bundle_path: Path, torch_threads: int | None) -> None:
         try:
             if torch_threads:
                 torch.set_num_threads(torch_threads)
@@ -160,20 +178,17 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
                 torch.backends.cuda.enable_cudnn_sdp(False)
             self.bundle = self._load_bundle(bundle_path)
             self.metrics.model_info.labels(self.bundle.name, self.bundle.version, self.task).set(1)
-            if start_worker:
-                warmed = threading.Event()
-                self._thread = threading.Thread(target=self._run, args=(warmed,), name="beem-engine", daemon=True)
-                self._thread.start()
-                warmed.wait()
-                if self._error is not None:
-                    raise RuntimeError(self._error)
-            else:
-                self._warm_up()
-            self._warmed_up = True
         except Exception as error:
             self._error = f"{type(error).__name__}: {error}"
             log.exception("bundle failed to load")
             raise
+        try:
+            self._warm_up()
+        except Exception as error:
+            self._error = f"warm-up failed: {type(error).__name__}: {error}"
+            log.exception("warm-up failed")
+            raise
+        self._warmed_up = True
 
     def health(self) -> EngineHealth:
         return EngineHealth(
@@ -201,14 +216,13 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
 
     # -- the loop ---------------------------------------------------------------------------------------------
 
-    def _run(self, warmed: threading.Event) -> None:
+    def _run(self, bundle_path: Path, torch_threads: int | None, ready: threading.Event) -> None:
         try:
-            self._warm_up()
-        except Exception as error:
-            self._error = f"warm-up failed: {type(error).__name__}: {error}"
-            return
+            self._load_and_warm_up(bundle_path, torch_threads)
+        except Exception:
+            return  # `load` raises the error in its caller's thread
         finally:
-            warmed.set()
+            ready.set()
         fate, detail = RowFate.SHUTDOWN, ""
         try:
             while self.run_until_idle() or self.queue.wait_for_work():
