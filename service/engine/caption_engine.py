@@ -26,6 +26,10 @@ from service.engine.step_engine import StepEngine
 from service.engine.work_item import CaptionWorkItem
 
 TASK = "caption"
+# Images encoded together on CPU. EfficientNet-Lite0's activations for more images than this outgrow the caches:
+# measured on the 2-core CPU, 13.6 ms an image in batches of 4 against 24.6 in batches of 8 and 31.6 in batches of
+# 16 (16 images: 285 ms in chunks of 4, 505 ms at once). On a GPU the whole group is encoded at once.
+CPU_ENCODER_BATCH = 4
 
 
 class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
@@ -85,7 +89,8 @@ class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
     def _join(self, items: list[CaptionWorkItem]) -> None:
         assert self.bundle is not None and self._rows is not None
         images = torch.stack([item.image for item in items]).to(self.device, self.dtype)  # (k, 3, 224, 224)
-        features = self.bundle.captioner.image_features(images)  # (k, P, C)
+        chunk = CPU_ENCODER_BATCH if self.device.type == "cpu" else len(items)
+        features = torch.cat([self.bundle.captioner.image_features(part) for part in images.split(chunk)])  # (k, P, C)
         num_layers = self.bundle.num_layers
         policies = RowPolicies.of([item.policy for item in items], [num_layers] * len(items), num_layers, self.device)
         self._rows.join(features, policies)
