@@ -9,9 +9,9 @@ Rows at one depth form a group; groups at different depths wait for their turn. 
 - "oldest" (the default): the group holding the row that joined the engine first (first come, first served).
   Mostly the deepest group too, but a group that joined earlier and fell behind is not starved by one that ran on.
 `bench/group_selection.py` measures them side by side (README, "Serving"). On the 2-core CPU, at 16 clients,
-"shallowest" lost most of early exit's gain (BEEM-A 1.13x full depth's throughput, p95 2.4x), since every
-arrival makes new one-row steps and deep rows wait; "oldest" and "deepest" kept 1.40x and 1.33x, p95 0.64x and
-0.73x, and "oldest" answered an open loop at 80/s with the lower p50 (80 against 137 ms).
+"shallowest" loses the tail (BEEM-A's p95 2.6-2.8x full depth's): every arrival makes new one-row steps and deep
+rows wait. "oldest" and "deepest" traded places between runs (BEEM-A / full throughput 1.25x and 1.37x against
+1.32x and 1.22x, p95 0.79-0.83x for both): within the machine's noise; "oldest" is kept as the default.
 """
 
 from __future__ import annotations
