@@ -32,7 +32,7 @@ class ServerSettings(BaseSettings):
     max_queue_wait_ms: float = Field(
         500.0, gt=0, description="expected wait of a new request (work ahead / measured drain rate); beyond it 429"
     )
-    group_selection: Literal["deepest", "shallowest", "oldest"] = Field(
+    group_selection: Literal["deepest", "shallowest", "oldest", "merging"] = Field(
         "oldest", description="which group of rows the engine advances next (service/engine/group_selection.py)"
     )
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered by then gets 504")

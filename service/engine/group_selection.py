@@ -8,6 +8,9 @@ Rows at one depth form a group; groups at different depths wait for their turn. 
   rows ahead of them, merging as they meet; deep rows wait while new ones keep arriving.
 - "oldest" (the default): the group holding the row that joined the engine first (first come, first served).
   Mostly the deepest group too, but a group that joined earlier and fell behind is not starved by one that ran on.
+- "merging": a group one layer behind another goes first (it merges into it, so later layers run one fuller step
+  instead of two small ones); otherwise "oldest". A group waits at most one step per group that catches up with
+  it.
 `bench/group_selection.py` measures them side by side (README, "Serving"). On the 2-core CPU, at 16 clients,
 "shallowest" loses the tail (BEEM-A's p95 2.6-2.8x full depth's): every arrival makes new one-row steps and deep
 rows wait. "oldest" and "deepest" traded places between runs (BEEM-A / full throughput 1.25x and 1.37x against
@@ -19,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-GROUP_SELECTION_RULES = ("deepest", "shallowest", "oldest")
+GROUP_SELECTION_RULES = ("deepest", "shallowest", "oldest", "merging")
 
 
 class Group(Protocol):
@@ -43,4 +46,8 @@ def pick_group(groups: Sequence[GroupT], rule: str) -> GroupT:
         return min(groups, key=lambda g: (g.depth, -g.num_rows))
     if rule == "oldest":
         return min(groups, key=lambda g: g.oldest_at)
+    if rule == "merging":
+        depths = {g.depth for g in groups}
+        catching_up = [g for g in groups if g.depth + 1 in depths]
+        return min(catching_up or groups, key=lambda g: g.oldest_at)
     raise ValueError(f"unknown group selection rule {rule!r}; expected one of {GROUP_SELECTION_RULES}")
