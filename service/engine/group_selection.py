@@ -14,7 +14,8 @@ Rows at one depth form a group; groups at different depths wait for their turn. 
 `bench/group_selection.py` measures them side by side (README, "Serving"). On the 2-core CPU, at 16 clients,
 "shallowest" loses the tail (BEEM-A's p95 2.6-2.8x full depth's): every arrival makes new one-row steps and deep
 rows wait. "oldest" and "deepest" traded places between runs (BEEM-A / full throughput 1.25x and 1.37x against
-1.32x and 1.22x, p95 0.79-0.83x for both): within the machine's noise; "oldest" is kept as the default.
+1.32x and 1.22x, then 1.41x against 1.36x): within the machine's noise; "oldest" is kept as the default.
+"merging" gave BEEM-A no more throughput than "oldest" in the same run (1.32x against 1.41x).
 """
 
 from __future__ import annotations
