@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from beem import cli as offline_cli
 from beem.bundle.manifest import BundleError
 from loadtest import cli as loadtest_cli
+from service.engine.group_selection import GROUP_SELECTION_RULES
 
 SERVE_FLAGS = (
     ("--bundle", str, "bundle directory (default: the committed default bundle)"),
@@ -26,7 +27,7 @@ SERVE_FLAGS = (
     ("--max-batch-tokens", int, "padded tokens in the engine at once"),
     ("--max-queue", int, "rows waiting to join the engine before 429"),
     ("--max-queue-wait-ms", float, "expected queue wait before 429"),
-    ("--group-selection", str, "oldest | deepest | shallowest | merging: which group of rows runs next"),
+    ("--group-selection", str, f"{' | '.join(GROUP_SELECTION_RULES)}: which group of rows runs next"),
     ("--request-timeout-s", float, "seconds before a request gets 504"),
     ("--max-input-tokens", int, "tokens per input (default: the bundle's max_length)"),
     ("--max-inputs-per-request", int, "inputs in one request before 413"),

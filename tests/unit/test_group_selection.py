@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import pytest
 
 from service.engine.group_selection import GROUP_SELECTION_RULES, pick_group
+from service.settings import ServerSettings
 
 
 @dataclass(frozen=True)
@@ -39,5 +41,7 @@ def test_each_rule_picks(rule: str, groups: list[FakeGroup], picked: int) -> Non
 
 def test_every_rule_is_tabled_and_an_unknown_one_is_refused() -> None:
     assert set(GROUP_SELECTION_RULES) == {"deepest", "shallowest", "oldest", "merging"}
+    # the setting accepts exactly the rules pick_group knows
+    assert set(get_args(ServerSettings.model_fields["group_selection"].annotation)) == set(GROUP_SELECTION_RULES)
     with pytest.raises(ValueError, match="unknown group selection rule"):
         pick_group(SPREAD, "random")
