@@ -22,10 +22,11 @@ from service.captioning import CaptionService
 from service.classification import ClassificationService
 from service.engine.admission_queue import AdmissionLimits, AdmissionQueue
 from service.engine.caption_engine import CaptionEngine
+from service.engine.device_engine import DeviceInferenceEngine, DevicePathOptions
 from service.engine.drain_rate import DrainRate
 from service.engine.inference_engine import InferenceEngine
 from service.engine.row_ledger import RowLedger
-from service.engine.step_engine import EngineBudget
+from service.engine.step_engine import EngineBudget, resolve_device
 from service.errors import error_response, install_error_handlers
 from service.metrics import ServiceMetrics
 from service.routes import caption, classify, operations, predict
@@ -85,7 +86,18 @@ def build_engine(settings: ServerSettings, task: str, num_layers: int) -> Infere
     limits = AdmissionLimits(settings.max_queue, settings.max_queue_wait_ms / 1000, settings.max_batch_wait_ms / 1000)
     budget = EngineBudget(settings.max_batch_size, settings.max_batch_tokens, settings.group_selection)
     queue = AdmissionQueue(limits, ledger, drain, metrics)  # type: ignore[var-annotated]
+    if task != "caption" and uses_device_path(settings):
+        options = DevicePathOptions(settings.step_buckets(), settings.cuda_graphs, settings.skip_unprofitable_exits)
+        return DeviceInferenceEngine(queue, ledger, drain, metrics, budget, settings.device, settings.dtype,
+                                     options=options)  # fmt: skip
     return engine_class(queue, ledger, drain, metrics, budget, settings.device, settings.dtype)
+
+
+def uses_device_path(settings: ServerSettings) -> bool:
+    """engine_path auto: the device path where the engine will run on CUDA, the host path on the CPU."""
+    if settings.engine_path != "auto":
+        return settings.engine_path == "device"
+    return resolve_device(settings.device, settings.dtype)[0].type == "cuda"
 
 
 def _log_load_failure(task: asyncio.Task[None]) -> None:

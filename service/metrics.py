@@ -62,6 +62,19 @@ class ServiceMetrics:
             "beem_rows_total", "Rows that left, counted once, by outcome: answered, client_gone, timeout, shed, "
             "shutdown, error", ["task", "outcome"], registry=self.registry,
         )  # fmt: skip
+        # The GPU path (service/engine/device_engine.py).
+        self.device_steps = Counter(
+            "beem_device_steps_total", "GPU-path layer steps, by how they ran: graph (a CUDA graph replay) or eager "
+            "(a shape outside the buckets, or the CPU)", ["run"], registry=self.registry,
+        )  # fmt: skip
+        self.step_readbacks = Counter(
+            "beem_step_readbacks_total", "GPU-path steps whose decisions were read back to the host (one small "
+            "non-blocking copy each; steps where no row can leave read nothing)", registry=self.registry,
+        )  # fmt: skip
+        self.exit_heads_skipped = Counter(
+            "beem_exit_heads_skipped_rows_total", "Rows run at full depth with their exit heads skipped, because "
+            "the exit statistics said early exit would not pay for their group", ["policy"], registry=self.registry,
+        )  # fmt: skip
         self.model_info = Gauge(
             "beem_model_info", "The loaded bundle", ["name", "version", "task"], registry=self.registry
         )

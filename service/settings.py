@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.engine.step_buckets import DEFAULT_ROW_BUCKETS, DEFAULT_TOKEN_BUCKETS, StepBuckets, parse_buckets
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO_ROOT / "model_store" / "minilm-rt-sentiment"
 
@@ -35,6 +37,20 @@ class ServerSettings(BaseSettings):
     group_selection: Literal["deepest", "shallowest", "oldest", "merging"] = Field(
         "oldest", description="which group of rows the engine advances next (service/engine/group_selection.py)"
     )
+    engine_path: Literal["auto", "host", "device"] = Field(
+        "auto", description="classification engine: 'device' keeps state and decisions on the device (CUDA graphs, "
+        "one read back per step; service/engine/device_engine.py), 'host' the CPU-tuned loop; auto: device on CUDA",
+    )  # fmt: skip
+    cuda_graphs: bool = Field(True, description="device path on CUDA: capture each bucket's layer steps as graphs")
+    step_row_buckets: str = Field(
+        ",".join(map(str, DEFAULT_ROW_BUCKETS)), description="device path: the row counts groups are padded to"
+    )
+    step_token_buckets: str = Field(
+        ",".join(map(str, DEFAULT_TOKEN_BUCKETS)), description="device path: the token widths groups are padded to"
+    )
+    skip_unprofitable_exits: bool = Field(
+        True, description="device path: a group whose exits are not expected to pay runs at full depth"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered by then gets 504")
     max_input_tokens: int | None = Field(None, ge=2, description="default: the bundle's max_length")
     max_inputs_per_request: int = Field(64, ge=1)
@@ -51,6 +67,17 @@ class ServerSettings(BaseSettings):
         if not self.bundle.exists():
             raise ValueError(f"bundle {self.bundle} does not exist")
         return self
+
+    @model_validator(mode="after")
+    def _buckets_parse(self) -> ServerSettings:
+        self.step_buckets()
+        return self
+
+    def step_buckets(self) -> StepBuckets:
+        try:
+            return StepBuckets(parse_buckets(self.step_row_buckets), parse_buckets(self.step_token_buckets))
+        except ValueError as error:
+            raise ValueError(f"step buckets: {error}") from error
 
     @model_validator(mode="after")
     def _a_full_request_fits_the_queue(self) -> ServerSettings:

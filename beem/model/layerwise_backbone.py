@@ -98,13 +98,37 @@ class LayerwiseBackbone(nn.Module):
         attention_mask: torch.Tensor,  # (B, T)
         token_type_ids: torch.Tensor | None = None,  # (B, T)
     ) -> EncoderState:
+        return self.regroup(self.embed_hidden(input_ids, token_type_ids), attention_mask, layers_done=0)
+
+    def embed_hidden(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, H) input of layer 1."""
         if self.takes_token_types and token_type_ids is not None:
             hidden = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         else:
             hidden = self.model.embeddings(input_ids=input_ids)
         if self.embeddings_project is not None:
             hidden = self.embeddings_project(hidden)
-        return self.regroup(hidden, attention_mask, layers_done=0)
+        result: torch.Tensor = hidden
+        return result
+
+    def sync_free_layer_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | Any:
+        """The layer mask `regroup` builds, from (B, T) padding, without reading anything back to the host:
+        transformers' builder asks the device whether anything is padded (to return None), a sync that a CUDA
+        graph cannot hold. For sdpa (these encoders' default) the mask is (B, 1, T, T) bool, True where a token
+        may attend, as transformers builds it; other attention kinds get transformers' mask, always materialised."""
+        if self.model.config._attn_implementation == "sdpa":
+            rows, tokens = attention_mask.shape
+            return attention_mask.bool()[:, None, None, :].expand(rows, 1, tokens, tokens)
+        hidden_like = torch.empty((*attention_mask.shape, 1), dtype=dtype, device=attention_mask.device)
+        return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden_like,
+                                         attention_mask=attention_mask, allow_is_bidirectional_skip=False)  # fmt: skip
+
+    def position_bias_for(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """MPNet's relative position bias for (B, T, H) rows; None for the other encoders."""
+        if not self.uses_position_bias:
+            return None
+        bias: torch.Tensor = self.model.encoder.compute_position_bias(hidden)
+        return bias
 
     def regroup(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers_done: int) -> EncoderState:
         """The state of rows `hidden` (B, T, H) with padding `attention_mask` (B, T) after `layers_done` layers:
@@ -113,21 +137,27 @@ class LayerwiseBackbone(nn.Module):
         layer_mask: Any = create_bidirectional_mask(
             config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask
         )
-        position_bias = self.model.encoder.compute_position_bias(hidden) if self.uses_position_bias else None
-        return EncoderState(hidden, attention_mask, layer_mask, position_bias, layers_done,
+        return EncoderState(hidden, attention_mask, layer_mask, self.position_bias_for(hidden), layers_done,
                             mean_pool_weights(attention_mask, hidden.dtype))  # fmt: skip
 
     def run_layer(self, state: EncoderState) -> EncoderState:
         """Run the next encoder layer (layer `state.layers_done + 1`, 1-based) on every row of the batch."""
-        layer = self.model.encoder.layer[state.layers_done]
+        hidden = self.forward_layer(state.layers_done, state.hidden, state.layer_mask, state.position_bias)
+        return replace(state, hidden=hidden, layers_done=state.layers_done + 1)
+
+    def forward_layer(
+        self, index: int, hidden: torch.Tensor, layer_mask: Any, position_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Layer `index` (0-based) on (B, T, H) rows with their layer mask: (B, T, H)."""
+        layer = self.model.encoder.layer[index]
         if self.uses_position_bias:
-            output = layer(state.hidden, state.layer_mask, state.position_bias)
+            output = layer(hidden, layer_mask, position_bias)
         elif self._unchunked_feed_forward(layer):
             # What the layer's own forward does with chunking off, minus `apply_chunking_to_forward`, which calls
             # `inspect.signature` on every call (tens of microseconds per layer at batch 1; bit-identical output).
-            attention_output = layer.attention(state.hidden, state.layer_mask)[0]
+            attention_output = layer.attention(hidden, layer_mask)[0]
             output = layer.feed_forward_chunk(attention_output)
         else:
-            output = layer(state.hidden, attention_mask=state.layer_mask)
-        hidden = output[0] if isinstance(output, tuple) else output
-        return replace(state, hidden=hidden, layers_done=state.layers_done + 1)
+            output = layer(hidden, attention_mask=layer_mask)
+        result: torch.Tensor = output[0] if isinstance(output, tuple) else output
+        return result

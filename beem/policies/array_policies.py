@@ -43,8 +43,9 @@ class _Rows:
         parts = (self, *others)
         return replace(self, **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(self)})
 
-    def to(self, device: torch.device) -> Self:
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+    def to(self, device: torch.device, non_blocking: bool = False) -> Self:
+        return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                                for f in fields(self)})  # fmt: skip
 
     @property
     def num_rows(self) -> int:

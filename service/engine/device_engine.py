@@ -1,0 +1,380 @@
+"""The classification engine's GPU path (DESIGN 6, the GPU bullet): the step loop of `inference_engine.py`, with
+its state and decisions kept on the device.
+
+What differs from the host path:
+- A group is padded to a rows x tokens bucket (`step_buckets.py`) and rows join in groups of one token bucket,
+  so every step has a shape a CUDA graph was captured for (`step_graphs.py`; others run eagerly).
+- A step (`device_step.py`) runs the layer, the exit head, the array-form decision for every row, writes the
+  answers of the rows that leave into the row table and compacts the rows still in flight to the front, all on the
+  device. No index is built on the host.
+- The host reads back one thing per step, the row table (R, K) in one non-blocking copy into pinned memory
+  (`packet_reader.py`), and only at layers where some row can leave (`beem/policies/earliest_exit.py`). It reads a
+  step's packet after queueing the next step, so the device works while the host answers rows: the engine runs
+  one step ahead of what it has read. A row's answer leaves as soon as its packet is read.
+- A group only changes shape (a smaller bucket, merged with another) when nothing of it is unread.
+- A new group whose exits are not expected to pay (`exit_savings.py`) runs at full depth, its heads skipped.
+The full-depth baseline runs through the same path (its groups are depth-only rows: layer-only steps and one
+read back at the last layer), so a ratio between the two measures early exit, not engineering.
+
+`engine_path` picks it: "auto" uses it on CUDA; the CPU keeps the host path (`inference_engine.py`), whose
+per-step Python is cheaper there than padding to buckets. Tests run this path on the CPU too: same code, eager.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from beem.policies.array_policies import RowPolicies
+from beem.policies.earliest_exit import earliest_exit_layer
+from service.engine.device_group import DeviceGroup, padded
+from service.engine.device_step import DeviceStep
+from service.engine.exit_savings import ExitSavings
+from service.engine.group_selection import pick_group
+from service.engine.inference_engine import InferenceEngine
+from service.engine.packet_reader import Packet, PacketReader
+from service.engine.row_outcome import ClassAnswer, ExitTrace, RowFate
+from service.engine.row_table import DROPPED, RowTable
+from service.engine.step_buckets import StepBuckets
+from service.engine.step_graphs import StepGraphs
+from service.engine.work_item import WorkItem
+
+COST_REPEATS = 5  # replays timed per bucket shape and kind at warm-up
+
+
+@dataclass(frozen=True)
+class DevicePathOptions:
+    buckets: StepBuckets = field(default_factory=StepBuckets)
+    cuda_graphs: bool = True
+    skip_unprofitable_exits: bool = True
+
+
+class DeviceInferenceEngine(InferenceEngine):
+    def __init__(self, *args: Any, options: DevicePathOptions = DevicePathOptions(), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options = options
+        self.buckets = StepBuckets(options.buckets.rows, options.buckets.tokens,
+                                   min(options.buckets.max_padded_tokens, self.budget.max_tokens))  # fmt: skip
+        self.device_groups: list[DeviceGroup] = []
+        self._device_current: DeviceGroup | None = None
+        self._pending: tuple[DeviceGroup, Packet] | None = None  # the last step's packet, not read yet
+        self.layout: RowTable | None = None
+        self.graphs: StepGraphs | None = None
+        self.reader: PacketReader | None = None
+        self.savings: ExitSavings | None = None
+        self._steps_run = {run: self.metrics.device_steps.labels(run) for run in ("graph", "eager")}
+
+    # -- loading ----------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        assert self.bundle is not None
+        model, num_layers = self.bundle.model, self.bundle.num_layers
+        self.layout = RowTable(num_layers, model.num_labels)
+        self.graphs = StepGraphs(DeviceStep(model, self.layout), self.buckets, num_layers)
+        self.reader = PacketReader(self.device, self.layout.width, max(self.buckets.rows))
+        self.savings = ExitSavings(num_layers)
+        # One eager pass of each kind (lazy initialisation off the first request's clock).
+        rows, tokens = self.buckets.rows[0], self.buckets.tokens[0]
+        hidden = torch.zeros((rows, tokens, model.backbone.hidden_size), dtype=self.dtype, device=self.device)
+        mask = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
+        table = self.layout.placeholders(rows, self.device)
+        self.graphs.step.layer_only(1, hidden, mask, table)
+        self.graphs.step.with_exit(1, hidden, mask, table)
+        if self.device.type == "cuda" and self.options.cuda_graphs:
+            self.graphs.capture(model.backbone.hidden_size, self.dtype, self.device)
+            if self.options.skip_unprofitable_exits:
+                self.savings.costs = self._measure_step_costs(model.backbone.hidden_size)
+
+    def _measure_step_costs(self, hidden_size: int) -> dict[tuple[str, int, int], float]:
+        """Seconds per replay of layer 1's graphs at every bucket shape (CUDA events)."""
+        assert self.graphs is not None and self.layout is not None
+        costs = {}
+        for rows, tokens in self.buckets.shapes():
+            hidden = torch.zeros((rows, tokens, hidden_size), dtype=self.dtype, device=self.device)
+            mask = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
+            table = self.layout.placeholders(rows, self.device)
+            for kind in ("layer_only", "with_exit"):
+                if not self.graphs.has_graph(kind, 1, rows, tokens):
+                    continue
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(COST_REPEATS):
+                    self.graphs.run(kind, 1, hidden, mask, table)
+                end.record()
+                end.synchronize()
+                costs[(kind, rows, tokens)] = start.elapsed_time(end) / 1000 / COST_REPEATS
+        self.graphs.replays = 0
+        return costs
+
+    # -- what the step loop asks ------------------------------------------------------------------------------
+
+    @property
+    def inflight_rows(self) -> int:
+        return sum(group.live for group in self.device_groups)
+
+    @property
+    def inflight_tokens(self) -> int:
+        return sum(group.padded_tokens for group in self.device_groups if group.live)
+
+    def _all_rows(self) -> Sequence[tuple[WorkItem, int]]:
+        return [(item, group.depth) for group in self.device_groups for item in group.items if item is not None]
+
+    def _rows_of_failed_step(self) -> Sequence[tuple[WorkItem, int]]:
+        group, self._device_current = self._device_current, None
+        if group is None:
+            return []
+        if group in self.device_groups:
+            self.device_groups.remove(group)
+        if self._pending is not None and self._pending[0] is group:
+            self._pending = None
+        return [(item, group.depth) for item in group.items if item is not None]
+
+    # -- joining ----------------------------------------------------------------------------------------------
+
+    def _policy_rows(self, item: WorkItem) -> RowPolicies:
+        """As the host path's, built on the host and moved without a blocking copy."""
+        key = (item.policy, item.last_layer)
+        rows = self._policy_row_cache.get(key)
+        if rows is None:
+            assert self.bundle is not None
+            if len(self._policy_row_cache) >= 1024:
+                self._policy_row_cache.clear()
+            rows = RowPolicies.of([item.policy], [item.last_layer], self.bundle.num_layers, "cpu")
+            rows = rows.to(self.device, non_blocking=True)
+            self._policy_row_cache[key] = rows
+        return rows
+
+    def _join(self, items: list[WorkItem]) -> None:
+        """Rows by length, cut into groups of one token bucket and at most the largest row bucket."""
+        by_length = sorted(items, key=lambda item: item.num_tokens)
+        largest_rows = self.buckets.rows[-1]
+        start = 0
+        while start < len(by_length):
+            bucket = self.buckets.token_bucket(by_length[start].num_tokens)
+            end = start + 1
+            while end < len(by_length) and end - start < largest_rows:
+                if self.buckets.token_bucket(by_length[end].num_tokens) != bucket:
+                    break
+                end += 1
+            self._join_group(by_length[start:end])
+            start = end
+
+    @torch.inference_mode()
+    def _join_group(self, items: list[WorkItem]) -> None:
+        assert self.bundle is not None and self.layout is not None and self.savings is not None
+        model, count = self.bundle.model, len(items)
+        lengths = np.fromiter((item.num_tokens for item in items), dtype=np.int64, count=count)
+        shape = self.buckets.shape(count, int(lengths.max()))
+        pad_id = self.bundle.tokenizer.pad_token_id or 0
+        ids = torch.full((count, shape.tokens), pad_id, dtype=torch.long)
+        mask = torch.zeros((shape.rows, shape.tokens), dtype=torch.long)
+        mask[count:, 0] = 1  # placeholder rows attend to one token, so no softmax row is empty
+        token_types = None if items[0].token_type_ids is None else torch.zeros((count, shape.tokens), dtype=torch.long)
+        for row, item in enumerate(items):
+            ids[row, : item.num_tokens] = torch.tensor(item.input_ids)
+            mask[row, : item.num_tokens] = 1
+            if token_types is not None and item.token_type_ids is not None:
+                token_types[row, : item.num_tokens] = torch.tensor(item.token_type_ids)
+        device = self.device
+        on_device = None if token_types is None else token_types.to(device, non_blocking=True)
+        hidden = model.backbone.embed_hidden(ids.to(device, non_blocking=True), on_device)  # (n, T, H)
+        first, *more = [self._policy_rows(item) for item in items]
+        table = self.layout.new_rows(first.cat(*more), torch.arange(count, device=device))
+        table = torch.cat((table, self.layout.placeholders(shape.rows - count, device)))
+        exit_layers = [earliest_exit_layer(item.policy, item.last_layer) for item in items]
+        heads = [1 if item.policy.reads_exits or item.return_exits else exit_layers[i] for i, item in enumerate(items)]
+        group = DeviceGroup(
+            hidden=padded(hidden, shape.rows, shape.tokens), mask=mask.to(device, non_blocking=True), table=table,
+            items=_object_array(items), lengths=lengths,
+            deadlines=np.fromiter((item.deadline for item in items), dtype=np.float64, count=count),
+            live=count, depth=0, head_from=min(heads), exit_from=min(exit_layers),
+            last_layer=max(item.last_layer for item in items), oldest_at=time.monotonic(),
+            cancellations_seen=self._cancellations,
+        )  # fmt: skip
+        if self._exits_would_not_pay(group, items, shape.rows, shape.tokens):
+            group.table = self.layout.as_full_depth(group.table)
+            group.full_depth = True
+            group.head_from = group.exit_from = min(
+                item.last_layer if item.policy.reads_exits else layer
+                for item, layer in zip(items, exit_layers, strict=True)
+            )
+            for item in items:
+                if item.policy.reads_exits:
+                    self.metrics.exit_heads_skipped.labels(item.policy_name).inc()
+        self.device_groups.append(group)
+
+    def _exits_would_not_pay(self, group: DeviceGroup, items: list[WorkItem], rows: int, tokens: int) -> bool:
+        assert self.savings is not None
+        if not self.options.skip_unprofitable_exits or any(item.return_exits for item in items):
+            return False
+        readers = [item.policy for item in items if item.policy.reads_exits]
+        if not readers or any(item.last_layer != self.savings.num_layers for item in items):
+            return False
+        return not self.savings.exits_pay(readers, rows, tokens, lambda n: self.buckets.shape(n, tokens).rows)
+
+    # -- one step ---------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        assert self.graphs is not None and self.reader is not None
+        if self._pending is not None and self._pending[1].event is not None and self._pending[1].event.query():
+            self._read_pending()  # already here: read it before choosing (no step runs on rows that have left)
+        stepping = [group for group in self.device_groups if group.live]
+        if not stepping:
+            self._read_pending()
+            return
+        group = pick_group(stepping, self.budget.group_selection)
+        self._device_current = group
+        if group.depth >= group.last_layer:  # every layer has run: only its last packet is left to read
+            self._read_pending()
+            if group.live:
+                raise RuntimeError(f"{group.live} rows ran every layer without an answer")
+            self._device_current = None
+            return
+        self._drop_abandoned(group)
+        if not group.live:
+            self._device_current = None
+            return
+        if not group.unread:
+            self._fit(group)
+        layer = group.depth + 1
+        kind = "layer_only" if layer < group.head_from else "with_exit"
+        self._layer_batch_size[layer].observe(group.live)
+        group.hidden, group.mask, group.table = self.graphs.run(kind, layer, group.hidden, group.mask, group.table)
+        group.depth = layer
+        self._steps_run["graph" if self.graphs.has_graph(kind, layer, *group.mask.shape) else "eager"].inc()
+        sent = None
+        if kind == "with_exit" and layer >= group.exit_from:
+            sent = (group, self.reader.send(group.table))
+            group.unread += 1
+            self.metrics.step_readbacks.inc()
+        self._read_pending()  # the step before this one: the device runs this one meanwhile
+        self._pending = sent
+        if sent is not None and sent[1].event is None:  # the CPU: the table is already here
+            self._read_pending()
+        self._merge_groups()
+        self._device_current = None
+
+    def _fit(self, group: DeviceGroup) -> None:
+        """A smaller bucket once enough rows have left (nothing unread: the first `live` rows are in flight)."""
+        shape = self.buckets.shape(group.live, group.longest_live())
+        if shape.rows < group.capacity or shape.tokens < group.width:
+            group.cut(min(shape.rows, group.capacity), min(shape.tokens, group.width))
+
+    def _drop_abandoned(self, group: DeviceGroup) -> None:
+        """Rows whose deadline passed or whose client left: answered as such now, marked on the device."""
+        now = time.monotonic()
+        if group.earliest_deadline > now and group.cancellations_seen == self._cancellations:
+            return
+        group.cancellations_seen = self._cancellations
+        slots = [slot for slot, item in enumerate(group.items)
+                 if item is not None and (item.cancelled or group.deadlines[slot] <= now)]  # fmt: skip
+        if not slots:
+            return
+        assert self.layout is not None
+        for slot in slots:
+            item = group.items[slot]
+            self._drop([item], item.cancelled_as if item.cancelled else RowFate.TIMEOUT, group.depth)
+            group.items[slot] = None
+            group.deadlines[slot] = np.inf
+        group.live -= len(slots)
+        dropped = torch.tensor(slots, dtype=torch.float64).to(self.device, non_blocking=True)
+        row_ids = group.table[:, self.layout.ROW_ID]
+        done = group.table[:, self.layout.DONE]
+        group.table = group.table.clone()
+        group.table[:, self.layout.DONE] = torch.where(torch.isin(row_ids, dropped), DROPPED, done)
+        group.compact(self.layout)
+
+    # -- reading a packet: the rows that left are answered ---------------------------------------------------
+
+    def _read_pending(self) -> None:
+        if self._pending is None:
+            return
+        (group, packet), self._pending = self._pending, None
+        table = packet.read()  # (R, K)
+        group.unread -= 1
+        self._answer_left(group, table)
+        if not group.live and not group.unread and group in self.device_groups:
+            self.device_groups.remove(group)
+
+    def _answer_left(self, group: DeviceGroup, table: np.ndarray) -> None:
+        assert self.layout is not None and self.savings is not None
+        t = self.layout
+        done = table[:, t.DONE]
+        left = np.flatnonzero(done > 0)
+        if not len(left):
+            return
+        slots = table[left, t.ROW_ID].astype(np.int64)
+        fresh = np.fromiter((group.items[slot] is not None for slot in slots), dtype=bool, count=len(slots))
+        for row, slot in zip(left[fresh].tolist(), slots[fresh].tolist(), strict=True):
+            item: WorkItem = group.items[slot]
+            layer = int(done[row])
+            probabilities = logits = None
+            if item.wants_distribution:
+                raw = torch.from_numpy(table[row, t.logits]).float()  # the exit's float32 logits
+                probabilities, logits = tuple(torch.softmax(raw, dim=-1).tolist()), tuple(raw.tolist())
+            exits: tuple[ExitTrace, ...] = ()
+            if item.return_exits:
+                labels, confidences = table[row, t.trace_labels], table[row, t.trace_confidences]
+                exits = tuple(ExitTrace(i + 1, int(labels[i]), float(confidences[i])) for i in range(layer))
+            answer = ClassAnswer(label=int(table[row, t.LABEL]), score=float(table[row, t.CONFIDENCE]),
+                                 exit_layer=layer, probabilities=probabilities, logits=logits, exits=exits)  # fmt: skip
+            group.items[slot] = None
+            group.deadlines[slot] = np.inf
+            group.live -= 1
+            if not group.full_depth and item.policy.reads_exits:
+                self.savings.record(item.policy, layer)
+            self._answer(item, answer, (layer,))
+
+    # -- merging ----------------------------------------------------------------------------------------------
+
+    def _merge_groups(self) -> None:
+        """Two groups at one depth, both fully read, become one when the merged shape fits the budget."""
+        ready = [group for group in self.device_groups if group.live and not group.unread]
+        for index, first in enumerate(ready):
+            for second in ready[index + 1 :]:
+                if first.depth != second.depth or first.full_depth != second.full_depth:
+                    continue
+                rows, longest = first.live + second.live, max(first.longest_live(), second.longest_live())
+                shape = self.buckets.shape(rows, longest)
+                if shape.rows * shape.tokens > self.budget.max_tokens or rows > self.buckets.rows[-1]:
+                    continue
+                self._merge(first, second, shape.rows, shape.tokens)
+                return  # one merge per step: the list changed
+
+    def _merge(self, first: DeviceGroup, second: DeviceGroup, rows: int, tokens: int) -> None:
+        assert self.layout is not None
+        parts = []
+        offset = len(first.items)
+        for group, shift in ((first, 0), (second, offset)):
+            width = min(group.width, tokens)
+            hidden, mask = group.hidden[: group.live, :width], group.mask[: group.live, :width]
+            table = group.table[: group.live].clone()
+            table[:, self.layout.ROW_ID] += shift
+            parts.append((padded(hidden, group.live, tokens), padded(mask, group.live, tokens), table))
+        live = first.live + second.live
+        hidden = padded(torch.cat([p[0] for p in parts]), rows, tokens)
+        mask = padded(torch.cat([p[1] for p in parts]), rows, tokens)
+        mask[live:, 0] = 1
+        table = torch.cat([*(p[2] for p in parts), self.layout.placeholders(rows - live, self.device)])
+        merged = DeviceGroup(
+            hidden=hidden, mask=mask, table=table, items=np.concatenate((first.items, second.items)),
+            lengths=np.concatenate((first.lengths, second.lengths)),
+            deadlines=np.concatenate((first.deadlines, second.deadlines)), live=live, depth=first.depth,
+            head_from=min(first.head_from, second.head_from), exit_from=min(first.exit_from, second.exit_from),
+            last_layer=max(first.last_layer, second.last_layer), oldest_at=min(first.oldest_at, second.oldest_at),
+            cancellations_seen=min(first.cancellations_seen, second.cancellations_seen), full_depth=first.full_depth,
+        )  # fmt: skip
+        self.device_groups = [g for g in self.device_groups if g is not first and g is not second] + [merged]
+
+
+def _object_array(items: list[WorkItem]) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
