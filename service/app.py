@@ -87,7 +87,8 @@ def build_engine(settings: ServerSettings, task: str, num_layers: int) -> Infere
     budget = EngineBudget(settings.max_batch_size, settings.max_batch_tokens, settings.group_selection)
     queue = AdmissionQueue(limits, ledger, drain, metrics)  # type: ignore[var-annotated]
     if task != "caption" and uses_device_path(settings):
-        options = DevicePathOptions(settings.step_buckets(), settings.cuda_graphs, settings.skip_unprofitable_exits)
+        options = DevicePathOptions(settings.step_buckets(), settings.cuda_graphs, settings.skip_unprofitable_exits,
+                                    settings.compile_decisions)  # fmt: skip
         return DeviceInferenceEngine(queue, ledger, drain, metrics, budget, settings.device, settings.dtype,
                                      options=options)  # fmt: skip
     return engine_class(queue, ledger, drain, metrics, budget, settings.device, settings.dtype)

@@ -48,6 +48,9 @@ class ServerSettings(BaseSettings):
     step_token_buckets: str = Field(
         ",".join(map(str, DEFAULT_TOKEN_BUCKETS)), description="device path: the token widths groups are padded to"
     )
+    compile_decisions: bool = Field(
+        True, description="device path on CUDA: fuse the exit decision's kernels with torch.compile (eager if not)"
+    )
     skip_unprofitable_exits: bool = Field(
         True, description="device path: a group whose exits are not expected to pay runs at full depth"
     )

@@ -52,6 +52,7 @@ class DevicePathOptions:
     buckets: StepBuckets = field(default_factory=StepBuckets)
     cuda_graphs: bool = True
     skip_unprofitable_exits: bool = True
+    compile_decisions: bool = True  # CUDA only: fuse the decision's kernels (torch.compile), eager if that fails
 
 
 class DeviceInferenceEngine(InferenceEngine):
@@ -67,6 +68,7 @@ class DeviceInferenceEngine(InferenceEngine):
         self.graphs: StepGraphs | None = None
         self.reader: PacketReader | None = None
         self.savings: ExitSavings | None = None
+        self.compile_error: str | None = None  # why decisions stayed eager on CUDA, if they did
         self._steps_run = {run: self.metrics.device_steps.labels(run) for run in ("graph", "eager")}
 
     # -- loading ----------------------------------------------------------------------------------------------
@@ -86,6 +88,9 @@ class DeviceInferenceEngine(InferenceEngine):
         table = self.layout.placeholders(rows, self.device)
         self.graphs.step.layer_only(1, hidden, mask, table)
         self.graphs.step.with_exit(1, hidden, mask, table)
+        if self.device.type == "cuda" and self.options.compile_decisions:
+            sample = torch.zeros((rows, model.num_labels), dtype=self.dtype, device=self.device)
+            self.compile_error = self.graphs.step.compile_decisions(sample, table)
         if self.device.type == "cuda" and self.options.cuda_graphs:
             self.graphs.capture(model.backbone.hidden_size, self.dtype, self.device)
             if self.options.skip_unprofitable_exits:
@@ -335,7 +340,8 @@ class DeviceInferenceEngine(InferenceEngine):
     # -- merging ----------------------------------------------------------------------------------------------
 
     def _merge_groups(self) -> None:
-        """Two groups at one depth, both fully read, become one when the merged shape fits the budget."""
+        """Two groups at one depth, both fully read, become one when the merged shape is a bucket (within the token
+        budget, `buckets.max_padded_tokens`)."""
         ready = [group for group in self.device_groups if group.live and not group.unread]
         for index, first in enumerate(ready):
             for second in ready[index + 1 :]:
@@ -343,7 +349,7 @@ class DeviceInferenceEngine(InferenceEngine):
                     continue
                 rows, longest = first.live + second.live, max(first.longest_live(), second.longest_live())
                 shape = self.buckets.shape(rows, longest)
-                if shape.rows * shape.tokens > self.budget.max_tokens or rows > self.buckets.rows[-1]:
+                if not shape.bucketed:  # odd shapes stay apart: a merge must not turn graph steps into eager ones
                     continue
                 self._merge(first, second, shape.rows, shape.tokens)
                 return  # one merge per step: the list changed

@@ -13,6 +13,9 @@ Nothing here may synchronise with the host (tests/engine/test_device_path.py run
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import torch
 
 from beem.model.layerwise_backbone import mean_pool_weights
@@ -20,11 +23,31 @@ from beem.model.multi_exit_model import MultiExitModel
 from beem.policies.array_policies import ExitObservations, decide
 from service.engine.row_table import IN_FLIGHT, RowTable
 
+log = logging.getLogger(__name__)
+
 
 class DeviceStep:
     def __init__(self, model: MultiExitModel, table: RowTable) -> None:
         self.model = model
         self.table = table
+        self.decide: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self.decide_rows
+
+    def compile_decisions(self, sample_logits: torch.Tensor, sample_table: torch.Tensor) -> str | None:
+        """Fuse the decision's elementwise kernels with torch.compile (one compilation for every row count and
+        layer), tried once on sample rows; on any failure (no compiler, no Triton) decisions stay eager. Returns
+        the error, or None. The fused kernels compute softmax in their own order: confidences may differ from the
+        eager ones in the last bit of float32."""
+        compiled = torch.compile(self.decide_rows, dynamic=True, fullgraph=True)
+        try:
+            compiled(1, sample_logits, sample_table)
+        except Exception as error:
+            log.warning("decisions stay eager: torch.compile failed: %s", error)
+            return f"{type(error).__name__}: {error}"
+        self.decide = compiled
+        return None
+
+    def eager_decisions(self) -> None:
+        self.decide = self.decide_rows
 
     def _layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         backbone = self.model.backbone
@@ -47,23 +70,32 @@ class DeviceStep:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer `layer`, its exit and every row's decision: hidden (R, T, H), mask (R, T) and table (R, K), rows in
         flight first."""
-        t = self.table
         hidden = self._layer(layer, hidden, mask)
         logits = self.model.heads(layer - 1, hidden, mask, mean_pool_weights(mask, hidden.dtype))  # (R, C)
+        new, order = self.decide(layer, logits, table)
+        return hidden[order], mask[order], new[order]
+
+    def decide_rows(self, layer: int, logits: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The array-form decision for every row from exit `layer`'s logits (R, C): the new table (R, K) and the
+        order (R,) that puts the rows still in flight first. Elementwise work on a few hundred numbers, in about
+        fifty small kernels: `compile_decisions` fuses them (torch.compile), where the backend allows."""
+        t = self.table
         observed = ExitObservations.from_logits(logits, with_entropy=True)
         folded, exits = decide(t.states(table), observed, t.policies(table))
         in_flight = table[:, t.DONE] == IN_FLIGHT  # (R,)
         leaving = exits & in_flight
         labels = observed.labels.double()
+        # Columns kept for rows in flight: the policy state and this exit's trace. (R, 6)
+        state = torch.stack((folded.score, folded.previous_label.double(), folded.agreeing_run.double(),
+                             folded.layers_seen.double(), labels, observed.confidences), dim=1)  # fmt: skip
+        state_columns = [t.SCORE, t.PREVIOUS, t.RUN, t.SEEN, t.trace_labels.start + layer - 1,
+                         t.trace_confidences.start + layer - 1]  # fmt: skip
+        # Columns written for rows that leave: the answer. (R, 3 + C)
+        answer = torch.cat((torch.full_like(labels, float(layer))[:, None], labels[:, None],
+                            observed.confidences[:, None], logits.float().double()), dim=1)  # fmt: skip
+        answer_columns = [t.DONE, t.LABEL, t.CONFIDENCE, *range(t.logits.start, t.logits.stop)]
         new = table.clone()
-        for column, value in ((t.SCORE, folded.score), (t.PREVIOUS, folded.previous_label.double()),
-                              (t.RUN, folded.agreeing_run.double()), (t.SEEN, folded.layers_seen.double()),
-                              (t.trace_labels.start + layer - 1, labels),
-                              (t.trace_confidences.start + layer - 1, observed.confidences)):  # fmt: skip
-            new[:, column] = torch.where(in_flight, value, table[:, column])
-        for column, value in ((t.DONE, torch.full_like(labels, float(layer))), (t.LABEL, labels),
-                              (t.CONFIDENCE, observed.confidences)):  # fmt: skip
-            new[:, column] = torch.where(leaving, value, table[:, column])
-        new[:, t.logits] = torch.where(leaving[:, None], logits.float().double(), table[:, t.logits])
+        new[:, state_columns] = torch.where(in_flight[:, None], state, table[:, state_columns])
+        new[:, answer_columns] = torch.where(leaving[:, None], answer, table[:, answer_columns])
         order = torch.argsort((new[:, t.DONE] != IN_FLIGHT).to(torch.int32), stable=True)  # (R,) in flight first
-        return hidden[order], mask[order], new[order]
+        return new, order

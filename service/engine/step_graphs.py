@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,6 +48,7 @@ class StepGraphs:
         self._inputs: dict[tuple[int, int], _StaticInputs] = {}
         self.replays = 0  # steps that ran as a graph
         self.eager_steps = 0  # steps that ran eagerly (odd shapes, the CPU, failed captures)
+        self.capture_failures = 0
 
     def _function(self, kind: str) -> Callable[..., tuple[torch.Tensor, ...]]:
         return self.step.layer_only if kind == "layer_only" else self.step.with_exit
@@ -57,6 +58,8 @@ class StepGraphs:
         logged and left to eager steps."""
         if device.type != "cuda":
             return 0
+        self._graphs.clear()
+        self._inputs.clear()
         pool = torch.cuda.graph_pool_handle()
         for rows, tokens in self.buckets.shapes():
             inputs = _StaticInputs(
@@ -70,8 +73,11 @@ class StepGraphs:
                     try:
                         self._graphs[(kind, layer, rows, tokens)] = self._capture_one(kind, layer, inputs, pool)
                     except Exception:  # a shape that cannot be captured still runs, eagerly
-                        log.exception("CUDA graph capture failed for %s layer %d at %dx%d: eager", kind, layer,
-                                      rows, tokens)  # fmt: skip
+                        log.exception("CUDA graph capture failed for %s layer %d at %dx%d", kind, layer, rows, tokens)
+                        if self.step.decide != self.step.decide_rows:  # the compiled decision may be why: drop it
+                            self.step.eager_decisions()
+                            self.capture_failures += 1
+                            return self.capture(hidden_size, dtype, device)
         torch.cuda.synchronize()
         return len(self._graphs)
 

@@ -1,11 +1,25 @@
-"""POST /v1/classify and POST /predict through the real app and engine."""
+"""POST /v1/classify and POST /predict through the real app and engine, on both engine paths: the host path
+(the CPU's default) and the device path (CUDA's default; here on the CPU, every step eager)."""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from service.settings import ServerSettings
+from tests.api.conftest import ready_client
+
 TEXTS = ["a gorgeous, moving film", "dull and far too long", "the plot never comes together"]
+
+
+@pytest.fixture(scope="module", params=["host", "device"])
+def client(request: pytest.FixtureRequest, tiny_bundle_dir: Path) -> Iterator[TestClient]:
+    yield from ready_client(ServerSettings(bundle=tiny_bundle_dir, max_inputs_per_request=8, max_body_bytes=4096,
+                                           max_input_tokens=16, engine_path=request.param))  # fmt: skip
 
 
 def test_single_text_gets_label_score_and_exit_layer(client: TestClient) -> None:
@@ -96,5 +110,8 @@ def test_models_and_metrics(client: TestClient) -> None:
                  "beem_queue_depth", "beem_queue_wait_seconds_bucket", "beem_request_duration_seconds_bucket",
                  'beem_model_info{name="tiny-sentiment",task="classification",version="1"} 1.0'):  # fmt: skip
         assert name in metrics, name
+    eager_steps = re.search(r'^beem_device_steps_total\{run="eager"\} (\S+)$', metrics, re.MULTILINE)
+    device_steps = eager_steps is not None and float(eager_steps.group(1)) > 0
+    assert device_steps == (client.app.state.settings.engine_path == "device")  # type: ignore[attr-defined]
     assert client.get("/healthz").json() == {"status": "alive"}
     assert client.get("/docs").status_code == 200

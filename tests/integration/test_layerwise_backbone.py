@@ -81,3 +81,21 @@ def test_large_preset_backbone_loads_and_runs_layer_by_layer() -> None:
         logits = model.all_exit_logits(input_ids, torch.ones_like(input_ids))
     assert logits.shape == (12, 1, 2)
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("make_encoder", [_bert, _roberta, _mpnet], ids=["bert", "roberta", "mpnet"])
+def test_the_sync_free_layer_mask_gives_what_transformers_mask_gives(make_encoder: object) -> None:
+    """The GPU path builds the layer mask without asking the device whether anything is padded: the same mask
+    as transformers' builder, and the same layer output where that builder returns None (nothing padded)."""
+    torch.manual_seed(0)
+    backbone = LayerwiseBackbone(make_encoder().eval())  # type: ignore[operator]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    for attention_mask in (mask, torch.ones_like(mask)):
+        state = backbone.regroup(torch.randn(3, 5, backbone.hidden_size), attention_mask, 0)
+        layer_mask = backbone.sync_free_layer_mask(attention_mask, state.hidden.dtype)
+        if state.layer_mask is not None:
+            assert torch.equal(layer_mask, state.layer_mask)
+        with torch.inference_mode():
+            expected = backbone.forward_layer(0, state.hidden, state.layer_mask, state.position_bias)
+            got = backbone.forward_layer(0, state.hidden, layer_mask, backbone.position_bias_for(state.hidden))
+        assert torch.allclose(got[attention_mask.bool()], expected[attention_mask.bool()], atol=1e-6)

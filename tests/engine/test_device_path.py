@@ -1,0 +1,307 @@
+"""The GPU path of the classification engine (service/engine/device_engine.py) on the tiny generated bundle,
+driven step by step in the test thread. Where CUDA is absent it runs on the CPU through the same code (every
+step eager); the CUDA-only tests skip with a reason.
+
+The reference is the host path (`InferenceEngine`): the same rows under the same policies get the same labels,
+exit layers and scores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from beem.policies.exit_policies import (
+    BeemPolicy,
+    EntropyPolicy,
+    ExitPolicy,
+    FullDepthPolicy,
+    MaxProbPolicy,
+    PatiencePolicy,
+    StaticPolicy,
+)
+from service.engine.device_engine import DeviceInferenceEngine
+from service.engine.group_selection import GROUP_SELECTION_RULES
+from service.engine.inference_engine import InferenceEngine
+from service.engine.row_outcome import ClassAnswer, Dropped, RowFate
+from service.engine.work_item import WorkItem
+from tests.engine.engine_driver import Submitted, loaded_engine, submit
+
+TEXTS = [
+    "a gorgeous, moving film",
+    "dull and far too long",
+    "the plot never comes together, and the jokes land with a thud on every single occasion",
+    "fine acting",
+    "an unexpectedly tender, funny and wise film about growing older",
+    "it is what it is",
+]
+POLICIES: list[ExitPolicy] = [
+    MaxProbPolicy(0.521),  # the tiny model's confidences sit near 0.52: rows leave at layers 1, 2 and 3
+    BeemPolicy("beem-c", (1 / 3, 2 / 3, 1.0), 0.5),
+    PatiencePolicy(1),
+    EntropyPolicy(0.6925),
+    StaticPolicy(2),
+    FullDepthPolicy(),
+]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def device_engine(bundle_dir: Path, **settings: object) -> DeviceInferenceEngine:
+    engine = loaded_engine(bundle_dir, engine_path="device", skip_unprofitable_exits=False, **settings)
+    assert isinstance(engine, DeviceInferenceEngine)
+    return engine
+
+
+@pytest.fixture
+def host(tiny_bundle_dir: Path) -> InferenceEngine:
+    engine = loaded_engine(tiny_bundle_dir, engine_path="host")
+    assert type(engine) is InferenceEngine
+    return engine
+
+
+@pytest.fixture
+def device(tiny_bundle_dir: Path) -> DeviceInferenceEngine:
+    return device_engine(tiny_bundle_dir)
+
+
+def _answers(engine: InferenceEngine, texts: list[str], policy: ExitPolicy, **options: object) -> list[ClassAnswer]:
+    submitted = submit(engine, texts, policy, **options)  # type: ignore[arg-type]
+    engine.run_until_idle()
+    return submitted.answers()
+
+
+def _same(first: list[ClassAnswer], second: list[ClassAnswer]) -> None:
+    assert [(a.label, a.exit_layer) for a in first] == [(a.label, a.exit_layer) for a in second]
+    assert [a.score for a in first] == pytest.approx([a.score for a in second], abs=1e-6)
+
+
+def _live_depths(engine: DeviceInferenceEngine) -> list[tuple[int, int]]:
+    return sorted((group.depth, group.live) for group in engine.device_groups if group.live)
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.name)
+def test_the_device_path_answers_as_the_host_path(
+    host: InferenceEngine, device: DeviceInferenceEngine, policy: ExitPolicy
+) -> None:
+    expected = _answers(host, TEXTS, policy, return_exits=True)
+    got = _answers(device, TEXTS, policy, return_exits=True)
+    _same(expected, got)
+    for want, have in zip(expected, got, strict=True):
+        assert [(e.layer, e.label) for e in want.exits] == [(e.layer, e.label) for e in have.exits]
+        assert [e.confidence for e in want.exits] == pytest.approx([e.confidence for e in have.exits], abs=1e-6)
+    assert sorted({a.exit_layer for a in got}) == sorted({a.exit_layer for a in expected})
+
+
+def test_rows_leave_at_every_layer_and_mixed_policies_keep_their_own_rule(
+    host: InferenceEngine, device: DeviceInferenceEngine
+) -> None:
+    alone = {(text, policy): _answers(host, [text], policy)[0] for text in TEXTS for policy in POLICIES}
+    assert len({a.exit_layer for a in alone.values()}) == 3, "rows should leave at every layer"
+    together = [submit(device, [text], policy) for text in TEXTS for policy in POLICIES]  # queued together
+    device.run_until_idle()
+    for (text, policy), submitted in zip(alone, together, strict=True):
+        _same([alone[(text, policy)]], submitted.answers())
+
+
+@pytest.mark.parametrize("rule", GROUP_SELECTION_RULES)
+def test_rows_joining_mid_flight_get_what_they_get_alone(
+    host: InferenceEngine, device: DeviceInferenceEngine, rule: str
+) -> None:
+    device.budget = replace(device.budget, group_selection=rule)
+    for policy in POLICIES:
+        alone = [_answers(host, [text], policy)[0] for text in TEXTS]
+        first = submit(device, TEXTS[:3], policy)
+        device.step_once()
+        late = submit(device, TEXTS[3:], policy)  # joins at depth 0 beside them
+        device.step_once()
+        device.run_until_idle()
+        _same(alone, first.answers() + late.answers())
+    assert not device.device_groups and device.inflight_rows == 0
+
+
+def test_groups_are_padded_to_buckets_and_rows_of_one_token_bucket_join_together(tiny_bundle_dir: Path) -> None:
+    engine = device_engine(tiny_bundle_dir, step_row_buckets="1,2,4", step_token_buckets="8,16")
+    lengths = [len(ids) for ids in engine.bundle.tokenizer(TEXTS)["input_ids"]]  # type: ignore[union-attr]
+    submitted = submit(engine, TEXTS, FullDepthPolicy())
+    engine.step_once()
+    shapes = sorted((group.capacity, group.width, group.live) for group in engine.device_groups)
+    by_bucket = {bucket: sum(1 for n in lengths if engine.buckets.token_bucket(n) == bucket) for bucket in (8, 16)}
+    beyond = sum(1 for n in lengths if n > 16)
+    assert beyond, "one text should be longer than the largest token bucket"
+    expected = []
+    for bucket, count in by_bucket.items():
+        left = count
+        while left:
+            rows = min(left, 4)
+            expected.append((engine.buckets.shape(rows, bucket).rows, bucket, rows))
+            left -= rows
+    expected += [(1, max(lengths), 1)] * beyond  # beyond the buckets: its own shape, run eagerly
+    assert shapes == sorted(expected)
+    engine.run_until_idle()
+    assert [a.exit_layer for a in submitted.answers()] == [3] * len(TEXTS)
+
+
+def test_a_group_beyond_the_largest_bucket_runs_at_its_own_shape_and_answers_the_same(
+    host: InferenceEngine, tiny_bundle_dir: Path
+) -> None:
+    engine = device_engine(tiny_bundle_dir, step_row_buckets="1,2", step_token_buckets="4")
+    for policy in POLICIES[:3]:
+        _same(_answers(host, TEXTS, policy), _answers(engine, TEXTS, policy))
+    assert engine.graphs is not None and engine.graphs.replays == 0 and engine.graphs.eager_steps > 0
+
+
+def test_groups_shrink_to_a_smaller_bucket_as_rows_leave(
+    device: DeviceInferenceEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert device.graphs is not None
+    real_run = device.graphs.run
+    shapes: list[tuple[int, int]] = []
+
+    def recording(kind: str, layer: int, hidden: torch.Tensor, *rest: torch.Tensor) -> object:
+        shapes.append((layer, hidden.shape[0]))
+        return real_run(kind, layer, hidden, *rest)
+
+    monkeypatch.setattr(device.graphs, "run", recording)
+    submitted = submit(device, TEXTS[:2] * 4, MaxProbPolicy(0.521))  # 8 short rows, half leave at layer 1
+    device.run_until_idle()
+    assert [a.exit_layer for a in submitted.answers()] == [2, 1] * 4
+    assert shapes == [(1, 8), (2, 4)]  # layer 2 ran on the 4 rows left, in the bucket of 4
+
+
+def test_decisions_are_read_back_only_where_a_row_can_leave(device: DeviceInferenceEngine) -> None:
+    def readbacks() -> float:
+        return device.metrics.step_readbacks._value.get()
+
+    _answers(device, TEXTS[:2], FullDepthPolicy())
+    assert readbacks() == 1  # full depth: only the last layer
+    _answers(device, TEXTS[:2], StaticPolicy(2))
+    assert readbacks() == 2
+    _answers(device, TEXTS[:2], BeemPolicy("beem-c", (1 / 3, 2 / 3, 1.0), 0.9), return_exits=True)
+    assert readbacks() == 2 + 2  # no score reaches 0.9 before layer 2 (1/3 + 2/3 >= 0.9)
+
+
+def test_abandoned_rows_leave_between_steps_and_the_rest_are_answered(device: DeviceInferenceEngine) -> None:
+    submitted = submit(device, TEXTS[:3], FullDepthPolicy())
+    short = submit(device, TEXTS[3:4], FullDepthPolicy(), timeout_s=0.2)
+    device.step_once()
+    submitted.items[1].cancel()
+    device.notice_cancellation()
+    time.sleep(0.25)
+    device.step_once()
+    assert submitted.outcomes == {1: Dropped(RowFate.CLIENT_GONE)}
+    assert short.outcomes == {0: Dropped(RowFate.TIMEOUT)}
+    device.run_until_idle()
+    assert [submitted.outcomes[i].exit_layer for i in (0, 2)] == [3, 3]  # type: ignore[union-attr]
+    metrics = device.metrics.render().decode()
+    assert 'beem_rows_total{outcome="answered",task="classification"} 2.0' in metrics
+    assert 'beem_layer_batch_size_sum{layer="3"} 2.0' in metrics  # the dropped rows ran no layer after leaving
+
+
+def test_a_step_that_raises_fails_its_rows_and_the_engine_serves_on(
+    device: DeviceInferenceEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert device.graphs is not None
+    step = device.graphs.step
+    real = step.with_exit
+    calls = {"count": 0}
+
+    def failing_once(*args: object) -> object:
+        calls["count"] += 1
+        if calls["count"] == 1:
+            raise RuntimeError("injected fault")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(step, "with_exit", failing_once)
+    doomed = submit(device, [TEXTS[0], TEXTS[1], TEXTS[3]], MaxProbPolicy(0.521))  # one token bucket: one group
+    device.run_until_idle()
+    assert set(doomed.outcomes.values()) == {Dropped(RowFate.ERROR, "RuntimeError: injected fault")}
+    assert len(doomed.outcomes) == 3 and not device.device_groups
+    assert len(_answers(device, TEXTS[:3], MaxProbPolicy(0.521))) == 3
+
+
+def test_closing_drains_rows_at_every_depth(device: DeviceInferenceEngine) -> None:
+    device.budget = replace(device.budget, group_selection="shallowest")
+    deep = submit(device, TEXTS[:2], FullDepthPolicy())
+    device.step_once()
+    device.step_once()
+    middle = submit(device, TEXTS[3:4], FullDepthPolicy())
+    device.step_once()
+    assert _live_depths(device) == [(1, 1), (2, 2)]
+    device.queue.close()
+    device.run_until_idle()
+    assert [a.exit_layer for a in deep.answers() + middle.answers()] == [3, 3, 3]
+
+
+def test_a_group_whose_exits_would_not_pay_runs_at_full_depth_and_says_so(tiny_bundle_dir: Path) -> None:
+    engine = loaded_engine(tiny_bundle_dir, engine_path="device")
+    assert isinstance(engine, DeviceInferenceEngine) and engine.savings is not None
+    policy = MaxProbPolicy(0.521)
+    engine.savings.min_rows = 4
+    tokens = engine.buckets.tokens[0]
+    # Exit heads as dear as three layers, every row leaving late: exits cannot pay at these shapes.
+    engine.savings.costs = {(kind, rows, tokens): (3.0 if kind == "with_exit" else 1.0)
+                            for kind in ("layer_only", "with_exit") for rows in engine.buckets.rows}  # fmt: skip
+    short = [text for text in TEXTS if len(text) < 30]
+    learned = _answers(engine, short, policy)  # not enough rows seen yet: exits run, and are counted
+    assert sorted({a.exit_layer for a in learned}) != [3]
+    skipped = _answers(engine, short, policy)
+    assert [a.exit_layer for a in skipped] == [3] * len(short)
+    metrics = engine.metrics.render().decode()
+    assert f'beem_exit_heads_skipped_rows_total{{policy="max-prob"}} {len(short)}.0' in metrics
+    engine.savings.costs = {}  # cheap heads again (no cost known: exits assumed to pay)
+    _same(learned, _answers(engine, short, policy))
+
+
+def test_rows_that_ask_get_their_distribution(host: InferenceEngine, device: DeviceInferenceEngine) -> None:
+    answers = []
+    for engine in (host, device):
+        submitted = Submitted([])
+        item = WorkItem(input_ids=engine.bundle.tokenizer(TEXTS[0])["input_ids"], token_type_ids=None,  # type: ignore[union-attr]
+                        policy=MaxProbPolicy(0.521), policy_name="max-prob", last_layer=3, wants_distribution=True,
+                        deadline=time.monotonic() + 60,
+                        on_done=lambda outcome, s=submitted: s.outcomes.__setitem__(0, outcome))  # fmt: skip
+        submitted.items.append(item)
+        engine.submit([item])
+        engine.run_until_idle()
+        answers.append(submitted.answers()[0])
+    assert answers[0].probabilities == answers[1].probabilities and answers[0].logits == answers[1].logits
+    assert answers[1].probabilities is not None and sum(answers[1].probabilities) == pytest.approx(1.0)
+
+
+@needs_cuda
+def test_the_cuda_step_loop_never_synchronises_but_for_its_one_read_back(tiny_bundle_dir: Path) -> None:
+    engine = device_engine(tiny_bundle_dir, device="cuda", dtype="float32")
+    assert engine.graphs is not None
+    waits = []
+    real_read = type(engine)._read_pending
+
+    def counting(self: DeviceInferenceEngine) -> None:
+        waits.append(self._pending is not None)
+        torch.cuda.set_sync_debug_mode("default")  # the packet's own wait is the one allowed
+        try:
+            real_read(self)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    engine._read_pending = counting.__get__(engine)  # type: ignore[method-assign]
+    submitted = [submit(engine, TEXTS, policy) for policy in POLICIES]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        engine.run_until_idle()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(len(s.answers()) == len(TEXTS) for s in submitted)
+    assert engine.graphs.replays > 0
+
+
+@needs_cuda
+def test_cuda_graphs_answer_as_the_cpu(host: InferenceEngine, tiny_bundle_dir: Path) -> None:
+    engine = device_engine(tiny_bundle_dir, device="cuda", dtype="float32")
+    for policy in POLICIES:
+        _same(_answers(host, TEXTS, policy), _answers(engine, TEXTS, policy))
+    assert engine.graphs is not None and engine.graphs.replays > 0
+    assert engine.graphs.eager_steps == 0 or any(len(t) > max(engine.buckets.tokens) for t in TEXTS)
