@@ -30,13 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from beem.policies.array_policies import RowPolicies
 from beem.policies.earliest_exit import earliest_exit_layer
 from service.engine.device_group import DeviceGroup, padded
 from service.engine.device_step import DeviceStep
 from service.engine.exit_savings import ExitSavings
 from service.engine.group_selection import pick_group
-from service.engine.inference_engine import InferenceEngine
+from service.engine.inference_engine import InferenceEngine, object_array
 from service.engine.packet_reader import Packet, PacketReader
 from service.engine.row_outcome import ClassAnswer, ExitTrace, RowFate
 from service.engine.row_table import DROPPED, RowTable
@@ -142,19 +141,6 @@ class DeviceInferenceEngine(InferenceEngine):
 
     # -- joining ----------------------------------------------------------------------------------------------
 
-    def _policy_rows(self, item: WorkItem) -> RowPolicies:
-        """As the host path's, built on the host and moved without a blocking copy."""
-        key = (item.policy, item.last_layer)
-        rows = self._policy_row_cache.get(key)
-        if rows is None:
-            assert self.bundle is not None
-            if len(self._policy_row_cache) >= 1024:
-                self._policy_row_cache.clear()
-            rows = RowPolicies.of([item.policy], [item.last_layer], self.bundle.num_layers, "cpu")
-            rows = rows.to(self.device, non_blocking=True)
-            self._policy_row_cache[key] = rows
-        return rows
-
     def _join(self, items: list[WorkItem]) -> None:
         """Rows by length, cut into groups of one token bucket and at most the largest row bucket."""
         by_length = sorted(items, key=lambda item: item.num_tokens)
@@ -196,7 +182,7 @@ class DeviceInferenceEngine(InferenceEngine):
         heads = [1 if item.policy.reads_exits or item.return_exits else exit_layers[i] for i, item in enumerate(items)]
         group = DeviceGroup(
             hidden=padded(hidden, shape.rows, shape.tokens), mask=mask.to(device, non_blocking=True), table=table,
-            items=_object_array(items), lengths=lengths,
+            items=object_array(items), lengths=lengths,
             deadlines=np.fromiter((item.deadline for item in items), dtype=np.float64, count=count),
             live=count, depth=0, head_from=min(heads), exit_from=min(exit_layers),
             last_layer=max(item.last_layer for item in items), oldest_at=time.monotonic(),
@@ -378,9 +364,3 @@ class DeviceInferenceEngine(InferenceEngine):
             cancellations_seen=min(first.cancellations_seen, second.cancellations_seen), full_depth=first.full_depth,
         )  # fmt: skip
         self.device_groups = [g for g in self.device_groups if g is not first and g is not second] + [merged]
-
-
-def _object_array(items: list[WorkItem]) -> np.ndarray:
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array

@@ -89,7 +89,9 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
             if len(self._policy_row_cache) >= POLICY_ROW_CACHE_SIZE:
                 self._policy_row_cache.clear()
             num_layers = self.bundle.num_layers
-            rows = RowPolicies.of([item.policy], [item.last_layer], num_layers, self.device)
+            # Built on the host and moved without waiting (a blocking copy would stall the GPU path's stream).
+            rows = RowPolicies.of([item.policy], [item.last_layer], num_layers, "cpu")
+            rows = rows.to(self.device, non_blocking=True)
             self._policy_row_cache[key] = rows
         return rows
 
@@ -118,7 +120,7 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
             states=RowStates.fresh(count, self.device),
             policies=policies,
             traces=new_traces(count, num_layers, self.device) if any(i.return_exits for i in items) else None,
-            items=_object_array(items),
+            items=object_array(items),
             lengths=lengths,
             deadlines=np.fromiter((item.deadline for item in items), dtype=np.float64, count=count),
             head_from=np.fromiter((_first_exit_head_needed(item) for item in items), dtype=np.int64, count=count),
@@ -251,7 +253,8 @@ def _first_exit_head_needed(item: WorkItem) -> int:
     return int(min(item.policy.threshold, item.last_layer))
 
 
-def _object_array(items: list[WorkItem]) -> np.ndarray:
+def object_array(items: list[WorkItem]) -> np.ndarray:
+    """(R,) object array of the items (numpy selects rows of it with a mask in one call)."""
     array = np.empty(len(items), dtype=object)
     array[:] = items
     return array

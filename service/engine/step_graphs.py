@@ -94,6 +94,10 @@ class StepGraphs:
             outputs = function(layer, inputs.hidden, inputs.mask, inputs.table)
         return _Captured(graph, outputs)
 
+    @property
+    def captured(self) -> int:
+        return len(self._graphs)
+
     def has_graph(self, kind: str, layer: int, rows: int, tokens: int) -> bool:
         return (kind, layer, rows, tokens) in self._graphs
 
