@@ -229,6 +229,7 @@ def main() -> None:
     arguments.add_argument("--out", default="bench/results")
     arguments.add_argument("--quick", action="store_true", help="a smoke run: few rows and requests")
     arguments.add_argument("--skip", default="", help="sections to leave out: parity,engine,http,caption")
+    arguments.add_argument("--merge-into", help="an earlier run's JSON: its sections are kept, this run's added")
     args = arguments.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     quick = args.quick
@@ -268,6 +269,12 @@ def main() -> None:
                                (CAPTION_CLIENTS,), {CAPTION_CLIENTS: 32 if quick else 480})  # fmt: skip
         for name in POLICIES:
             results["policies"][name]["caption"] = caption[name]
+    if args.merge_into and Path(args.merge_into).exists():
+        earlier = json.loads(Path(args.merge_into).read_text())
+        for name in POLICIES:
+            earlier["policies"].setdefault(name, {}).update(results["policies"][name])
+        earlier.setdefault("later_runs", []).append({"date": results["date"], "command": results["command"]})
+        results = earlier
     _add_ratios(results["policies"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

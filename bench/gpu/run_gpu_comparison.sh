@@ -5,9 +5,11 @@
 #   bash bench/gpu/fetch_wheels.sh                         # here, once (FastAPI, uvicorn, pydantic: not there)
 #   mv model_store/lite0-fashion-scenes-captioner /tmp/    # here, for the classification run
 #   device run, carry [".whl"], command:  bash bench/gpu/run_gpu_comparison.sh
+#   copy the JSON and .md it wrote into bench/results/
 #   mv /tmp/lite0-fashion-scenes-captioner model_store/; mv model_store/minilm-rt-sentiment /tmp/
 #   device run, carry [".whl", "runs/caption-test-images"], command:
-#       SKIP=parity,engine,http IMAGES=runs/caption-test-images bash bench/gpu/run_gpu_comparison.sh
+#       SKIP=parity,engine,http IMAGES=runs/caption-test-images MERGE=bench/results/gpu_comparison_h200.json \
+#       bash bench/gpu/run_gpu_comparison.sh                # adds the caption section to the first run's JSON
 #   mv /tmp/minilm-rt-sentiment model_store/
 # Results land in $OUT (the device tool's folder) or bench/results. On a machine without a GPU and without .whl/
 # it runs the same measurements on the CPU with the local environment: QUICK=1 for a smoke run.
@@ -17,6 +19,7 @@ source bench/gpu/gpu_env.sh
 args=(--out "${OUT:-bench/results}")
 [ -n "${QUICK:-}" ] && args+=(--quick)
 [ -n "${SKIP:-}" ] && args+=(--skip "$SKIP")
+[ -n "${MERGE:-}" ] && args+=(--merge-into "$MERGE")
 [ -d model_store/minilm-rt-sentiment ] || args+=(--skip "parity,engine,http${SKIP:+,$SKIP}")
 if [ -d model_store/lite0-fashion-scenes-captioner ] && [ -n "${IMAGES:-}" ]; then
   args+=(--caption-bundle model_store/lite0-fashion-scenes-captioner --images "$IMAGES")

@@ -232,7 +232,7 @@ class DeviceInferenceEngine(InferenceEngine):
         if not group.live:
             self._device_current = None
             return
-        if not group.unread:
+        if group.live != group.fitted_live:
             self._fit(group)
         layer = group.depth + 1
         kind = "layer_only" if layer < group.head_from else "with_exit"
@@ -253,7 +253,10 @@ class DeviceInferenceEngine(InferenceEngine):
         self._device_current = None
 
     def _fit(self, group: DeviceGroup) -> None:
-        """A smaller bucket once enough rows have left (nothing unread: the first `live` rows are in flight)."""
+        """A smaller bucket once enough rows have left. Safe with a step under way: the rows the host has not seen
+        leave are the first `live` rows of its output (in flight first, then the rows that left in it, whose
+        answers its packet copied before any cut), and a cut is a view that later steps read in stream order."""
+        group.fitted_live = group.live
         shape = self.buckets.shape(group.live, group.longest_live())
         if shape.rows < group.capacity or shape.tokens < group.width:
             group.cut(min(shape.rows, group.capacity), min(shape.tokens, group.width))
@@ -275,11 +278,13 @@ class DeviceInferenceEngine(InferenceEngine):
             group.items[slot] = None
             group.deadlines[slot] = np.inf
         group.live -= len(slots)
-        dropped = torch.tensor(slots, dtype=torch.float64).to(self.device, non_blocking=True)
-        row_ids = group.table[:, self.layout.ROW_ID]
+        by_slot = torch.zeros(len(group.items), dtype=torch.bool)  # (N,) True for the slots dropped now
+        by_slot[slots] = True
+        row_ids = group.table[:, self.layout.ROW_ID].long()  # (R,) -1 for placeholders
+        dropped = by_slot.to(self.device, non_blocking=True)[row_ids.clamp(min=0)] & (row_ids >= 0)  # (R,)
         done = group.table[:, self.layout.DONE]
         group.table = group.table.clone()
-        group.table[:, self.layout.DONE] = torch.where(torch.isin(row_ids, dropped), DROPPED, done)
+        group.table[:, self.layout.DONE] = torch.where(dropped, DROPPED, done)
         group.compact(self.layout)
 
     # -- reading a packet: the rows that left are answered ---------------------------------------------------

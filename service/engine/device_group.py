@@ -5,8 +5,9 @@ The device holds hidden (R, T, H), the padding mask (R, T) and the row table (R,
 flight come first after every step that may reorder them. The host holds, per row slot (the table's ROW_ID), the
 work item (None once the row has left), its length and deadline, and how many rows are still in flight by its
 own count, which can only be behind the device's: rows leave on the device first and the host learns it from the
-next packet it reads (`unread` counts the packets under way). Slicing a group down to a smaller bucket is only
-safe when nothing is unread: then the first `live` rows are exactly the rows in flight.
+next packet it reads (`unread` counts the packets under way). The first `live` rows always hold every row in
+flight, so a group can be cut to a smaller bucket at any time; merging needs the exact rows, so only groups with
+nothing unread merge.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class DeviceGroup:
     cancellations_seen: int
     full_depth: bool = False  # its exits were skipped (`exit_savings.py`): exit statistics learn nothing from it
     unread: int = 0  # packets of this group sent and not yet read
+    fitted_live: int = -1  # `live` when its shape was last fitted to its rows
 
     @property
     def num_rows(self) -> int:
@@ -67,8 +69,8 @@ class DeviceGroup:
         return int(self.lengths[live].max()) if live.any() else 1
 
     def cut(self, rows: int, tokens: int) -> None:
-        """Keep the first `rows` rows and `tokens` tokens (nothing unread, rows in flight first: a view, no copy)."""
-        assert self.unread == 0 and self.live <= rows
+        """Keep the first `rows` rows and `tokens` tokens (rows in flight first: a view, no copy)."""
+        assert self.live <= rows
         self.hidden = self.hidden[:rows, :tokens]
         self.mask = self.mask[:rows, :tokens]
         self.table = self.table[:rows]

@@ -27,6 +27,7 @@ from beem.policies.exit_policies import (
 from service.engine.device_engine import DeviceInferenceEngine
 from service.engine.group_selection import GROUP_SELECTION_RULES
 from service.engine.inference_engine import InferenceEngine
+from service.engine.packet_reader import PacketReader
 from service.engine.row_outcome import ClassAnswer, Dropped, RowFate
 from service.engine.work_item import WorkItem
 from tests.engine.engine_driver import Submitted, loaded_engine, submit
@@ -63,9 +64,16 @@ def host(tiny_bundle_dir: Path) -> InferenceEngine:
     return engine
 
 
-@pytest.fixture
-def device(tiny_bundle_dir: Path) -> DeviceInferenceEngine:
-    return device_engine(tiny_bundle_dir)
+@pytest.fixture(params=["read-at-once", "read-one-step-late"])
+def device(request: pytest.FixtureRequest, tiny_bundle_dir: Path) -> DeviceInferenceEngine:
+    """The CPU reads a step's packet at once; "read-one-step-late" reads it after queueing the next step, as on
+    CUDA, so the run-ahead (steps on rows the host has not yet seen leave, cuts and merges around unread packets)
+    is tested here too."""
+    engine = device_engine(tiny_bundle_dir)
+    if request.param == "read-one-step-late":
+        assert engine.reader is not None
+        engine.reader = PacketReader(engine.device, engine.reader.width, hold_back_on_cpu=True)
+    return engine
 
 
 def _answers(engine: InferenceEngine, texts: list[str], policy: ExitPolicy, **options: object) -> list[ClassAnswer]:
@@ -169,19 +177,36 @@ def test_groups_shrink_to_a_smaller_bucket_as_rows_leave(
     submitted = submit(device, TEXTS[:2] * 4, MaxProbPolicy(0.521))  # 8 short rows, half leave at layer 1
     device.run_until_idle()
     assert [a.exit_layer for a in submitted.answers()] == [2, 1] * 4
-    assert shapes == [(1, 8), (2, 4)]  # layer 2 ran on the 4 rows left, in the bucket of 4
+    if device.reader is not None and device.reader.hold_back_on_cpu:
+        # Layer 2 was queued before layer 1's answers were read, at 8 rows; layer 3 at 4, before layer 2's answers
+        # said everyone had left: the run-ahead's price, one step per group.
+        assert shapes == [(1, 8), (2, 8), (3, 4)]
+    else:
+        assert shapes == [(1, 8), (2, 4)]  # layer 2 ran on the 4 rows left, in the bucket of 4
 
 
-def test_decisions_are_read_back_only_where_a_row_can_leave(device: DeviceInferenceEngine) -> None:
-    def readbacks() -> float:
-        return device.metrics.step_readbacks._value.get()
+def test_decisions_are_read_back_only_where_a_row_can_leave(
+    device: DeviceInferenceEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert device.reader is not None
+    real_send = device.reader.send
+    layers: list[int] = []
 
-    _answers(device, TEXTS[:2], FullDepthPolicy())
-    assert readbacks() == 1  # full depth: only the last layer
-    _answers(device, TEXTS[:2], StaticPolicy(2))
-    assert readbacks() == 2
-    _answers(device, TEXTS[:2], BeemPolicy("beem-c", (1 / 3, 2 / 3, 1.0), 0.9), return_exits=True)
-    assert readbacks() == 2 + 2  # no score reaches 0.9 before layer 2 (1/3 + 2/3 >= 0.9)
+    def recording(table: torch.Tensor) -> object:
+        assert device._device_current is not None
+        layers.append(device._device_current.depth)
+        return real_send(table)
+
+    monkeypatch.setattr(device.reader, "send", recording)
+    late = device.reader.hold_back_on_cpu  # the run-ahead may run (and read) one step past the last exit
+    for policy, first_possible in ((FullDepthPolicy(), 3), (StaticPolicy(2), 2),
+                                   (BeemPolicy("beem-c", (1 / 3, 2 / 3, 1.0), 0.9), 2)):  # fmt: skip
+        layers.clear()
+        answers = _answers(device, TEXTS[:2], policy)
+        last = max(a.exit_layer for a in answers)
+        assert layers[0] == first_possible and max(layers) == min(last + late, 3), (policy, layers)
+        assert layers == sorted(set(layers))  # at most one read per step
+    assert device.metrics.step_readbacks._value.get() > 0
 
 
 def test_abandoned_rows_leave_between_steps_and_the_rest_are_answered(device: DeviceInferenceEngine) -> None:
