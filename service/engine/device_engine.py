@@ -78,6 +78,7 @@ class DeviceInferenceEngine(InferenceEngine):
         model, num_layers = self.bundle.model, self.bundle.num_layers
         self.layout = RowTable(num_layers, model.num_labels)
         self.graphs = StepGraphs(DeviceStep(model, self.layout), self.buckets, num_layers)
+        self.graphs.step.make_layer_values(num_layers, self.device)
         self.reader = PacketReader(self.device, self.layout.width, max(self.buckets.rows))
         self.savings = ExitSavings(num_layers)
         # One eager pass of each kind (lazy initialisation off the first request's clock).

@@ -30,7 +30,9 @@ class DeviceStep:
     def __init__(self, model: MultiExitModel, table: RowTable) -> None:
         self.model = model
         self.table = table
-        self.decide: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self.decide_rows
+        self.decide: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+        self.decide = self.decide_rows
+        self._layer_values: dict[int, torch.Tensor] = {}
 
     def compile_decisions(self, sample_logits: torch.Tensor, sample_table: torch.Tensor) -> str | None:
         """Fuse the decision's elementwise kernels with torch.compile (one compilation for every row count and
@@ -39,7 +41,9 @@ class DeviceStep:
         eager ones in the last bit of float32."""
         compiled = torch.compile(self.decide_rows, dynamic=True, fullgraph=True)
         try:
-            compiled(1, sample_logits, sample_table)
+            for rows in (1, 2):  # torch.compile specialises a dimension of size 1: both compilations now
+                compiled(self._layer_value(1, sample_table.device), sample_logits[:1].expand(rows, -1),
+                         sample_table[:1].expand(rows, -1))  # fmt: skip
         except Exception as error:
             log.warning("decisions stay eager: torch.compile failed: %s", error)
             return f"{type(error).__name__}: {error}"
@@ -72,30 +76,50 @@ class DeviceStep:
         flight first."""
         hidden = self._layer(layer, hidden, mask)
         logits = self.model.heads(layer - 1, hidden, mask, mean_pool_weights(mask, hidden.dtype))  # (R, C)
-        new, order = self.decide(layer, logits, table)
+        new, order = self.decide(self._layer_value(layer, table.device), logits, table)
         return hidden[order], mask[order], new[order]
 
-    def decide_rows(self, layer: int, logits: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The array-form decision for every row from exit `layer`'s logits (R, C): the new table (R, K) and the
-        order (R,) that puts the rows still in flight first. Elementwise work on a few hundred numbers, in about
-        fifty small kernels: `compile_decisions` fuses them (torch.compile), where the backend allows."""
+    def make_layer_values(self, num_layers: int, device: torch.device) -> None:
+        """Every layer's value, before any graph is captured: made inside a capture, it would live in the graphs'
+        shared pool, where another graph's replay may overwrite it."""
+        for layer in range(1, num_layers + 1):
+            self._layer_value(layer, device)
+
+    def _layer_value(self, layer: int, device: torch.device) -> torch.Tensor:
+        """The layer as a 0-dim device tensor, one per layer for good: the decision reads the layer as data, so
+        one compiled decision serves every layer, and a captured graph reads the same memory at each replay."""
+        value = self._layer_values.get(layer)
+        if value is None:
+            value = self._layer_values[layer] = torch.full((), float(layer), dtype=torch.float64, device=device)
+        return value
+
+    def decide_rows(
+        self, layer: torch.Tensor, logits: torch.Tensor, table: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The array-form decision for every row from the exit of `layer` (0-dim float64, 1-based), its logits
+        (R, C): the new table (R, K) and the order (R,) that puts the rows still in flight first. Elementwise work
+        on a few hundred numbers in about fifty small kernels: `compile_decisions` fuses them (torch.compile),
+        where the backend allows."""
         t = self.table
         observed = ExitObservations.from_logits(logits, with_entropy=True)
         folded, exits = decide(t.states(table), observed, t.policies(table))
         in_flight = table[:, t.DONE] == IN_FLIGHT  # (R,)
         leaving = exits & in_flight
         labels = observed.labels.double()
-        # Columns kept for rows in flight: the policy state and this exit's trace. (R, 6)
-        state = torch.stack((folded.score, folded.previous_label.double(), folded.agreeing_run.double(),
-                             folded.layers_seen.double(), labels, observed.confidences), dim=1)  # fmt: skip
-        state_columns = [t.SCORE, t.PREVIOUS, t.RUN, t.SEEN, t.trace_labels.start + layer - 1,
-                         t.trace_confidences.start + layer - 1]  # fmt: skip
-        # Columns written for rows that leave: the answer. (R, 3 + C)
-        answer = torch.cat((torch.full_like(labels, float(layer))[:, None], labels[:, None],
-                            observed.confidences[:, None], logits.float().double()), dim=1)  # fmt: skip
-        answer_columns = [t.DONE, t.LABEL, t.CONFIDENCE, *range(t.logits.start, t.logits.stop)]
         new = table.clone()
+        # Kept for rows in flight: the policy state (R, 4), and this exit in the trace (R, L) at the layer's column.
+        state = torch.stack((folded.score, folded.previous_label.double(), folded.agreeing_run.double(),
+                             folded.layers_seen.double()), dim=1)  # fmt: skip
+        state_columns = [t.SCORE, t.PREVIOUS, t.RUN, t.SEEN]
         new[:, state_columns] = torch.where(in_flight[:, None], state, table[:, state_columns])
+        this_layer = torch.arange(1, t.num_layers + 1, device=table.device, dtype=torch.float64) == layer  # (L,)
+        traced = in_flight[:, None] & this_layer[None, :]  # (R, L)
+        new[:, t.trace_labels] = torch.where(traced, labels[:, None], table[:, t.trace_labels])
+        new[:, t.trace_confidences] = torch.where(traced, observed.confidences[:, None], table[:, t.trace_confidences])
+        # Written for rows that leave: the answer. (R, 3 + C)
+        answer = torch.cat((layer.expand(labels.shape)[:, None], labels[:, None], observed.confidences[:, None],
+                            logits.float().double()), dim=1)  # fmt: skip
+        answer_columns = [t.DONE, t.LABEL, t.CONFIDENCE, *range(t.logits.start, t.logits.stop)]
         new[:, answer_columns] = torch.where(leaving[:, None], answer, table[:, answer_columns])
         order = torch.argsort((new[:, t.DONE] != IN_FLIGHT).to(torch.int32), stable=True)  # (R,) in flight first
         return new, order
