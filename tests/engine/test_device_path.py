@@ -330,3 +330,37 @@ def test_cuda_graphs_answer_as_the_cpu(host: InferenceEngine, tiny_bundle_dir: P
         _same(_answers(host, TEXTS, policy), _answers(engine, TEXTS, policy))
     assert engine.graphs is not None and engine.graphs.replays > 0
     assert engine.graphs.eager_steps == 0 or any(len(t) > max(engine.buckets.tokens) for t in TEXTS)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_on_the_gpu_answers_as_cpu_fp32_on_the_test_split(dtype: str) -> None:
+    """The default bundle's test split: the same labels, at least 99% of exit layers the same, accuracy within 0.2
+    points (BEEM-A, exit skipping off so every row decides by its policy)."""
+    from beem.data.examples import read_dataset
+    from beem.data.rotten_tomatoes import REPO_DATA_FILE
+    from beem.data.splits import split_dataset
+    from bench.engine_in_thread import classify_ids, engine_in_thread
+    from service.settings import DEFAULT_BUNDLE
+
+    cpu = engine_in_thread(DEFAULT_BUNDLE, "cpu", "float32", engine_path="host")
+    gpu = engine_in_thread(DEFAULT_BUNDLE, "cuda", dtype, engine_path="device", skip_unprofitable_exits=False)
+    assert cpu.bundle is not None and gpu.bundle is not None
+    dataset = read_dataset(REPO_DATA_FILE)
+    test = split_dataset(dataset).test.examples
+    rows = [cpu.bundle.tokenizer(e.text, truncation=True, max_length=cpu.bundle.max_length)["input_ids"] for e in test]
+    truth = [cpu.bundle.labels.index(dataset.label_names[e.label]) for e in test]
+    answers = {}
+    for name, engine in (("cpu", cpu), ("gpu", gpu)):
+        assert engine.bundle is not None
+        policy = engine.bundle.policies["beem-a"]
+        answers[name] = [
+            a for start in range(0, len(rows), 32) for a in classify_ids(engine, rows[start : start + 32], policy)
+        ]
+    pairs = list(zip(answers["cpu"], answers["gpu"], strict=True))
+    assert all(a.label == b.label for a, b in pairs)
+    assert sum(a.exit_layer == b.exit_layer for a, b in pairs) >= 0.99 * len(pairs)
+    accuracy = {
+        name: sum(a.label == y for a, y in zip(got, truth, strict=True)) / len(truth) for name, got in answers.items()
+    }
+    assert abs(accuracy["gpu"] - accuracy["cpu"]) <= 0.002
