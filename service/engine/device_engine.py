@@ -230,7 +230,9 @@ class DeviceInferenceEngine(InferenceEngine):
             self._device_current = None
             return
         self._drop_abandoned(group)
-        if not group.live:
+        if not group.live:  # every row left: nothing more to run (a packet under way still gets read)
+            if not group.unread:
+                self.device_groups.remove(group)
             self._device_current = None
             return
         if group.live != group.fitted_live:
@@ -325,8 +327,8 @@ class DeviceInferenceEngine(InferenceEngine):
             group.items[slot] = None
             group.deadlines[slot] = np.inf
             group.live -= 1
-            if not group.full_depth and item.policy.reads_exits:
-                self.savings.record(item.policy, layer)
+            if not group.full_depth and item.policy.reads_exits and item.last_layer == self.savings.num_layers:
+                self.savings.record(item.policy, layer)  # the histograms the skip rule reads: uncapped rows only
             self._answer(item, answer, (layer,))
 
     # -- merging ----------------------------------------------------------------------------------------------

@@ -221,6 +221,12 @@ def test_abandoned_rows_leave_between_steps_and_the_rest_are_answered(device: De
     assert short.outcomes == {0: Dropped(RowFate.TIMEOUT)}
     device.run_until_idle()
     assert [submitted.outcomes[i].exit_layer for i in (0, 2)] == [3, 3]  # type: ignore[union-attr]
+    gone = submit(device, TEXTS[:1], FullDepthPolicy(), timeout_s=0.05)  # a group whose every row times out
+    device.step_once()
+    time.sleep(0.1)
+    device.run_until_idle()
+    assert gone.outcomes == {0: Dropped(RowFate.TIMEOUT)}
+    assert not device.device_groups, "a group with no rows left stays in the engine"
     metrics = device.metrics.render().decode()
     assert 'beem_rows_total{outcome="answered",task="classification"} 2.0' in metrics
     assert 'beem_layer_batch_size_sum{layer="3"} 2.0' in metrics  # the dropped rows ran no layer after leaving
