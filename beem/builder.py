@@ -23,6 +23,7 @@ from beem.bundle.report import write_report
 from beem.calibration.exit_cache import ExitCache, compute_exit_cache
 from beem.calibration.policy_calibration import calibrate_policies, calibration_json
 from beem.data.examples import LabelledDataset, read_dataset
+from beem.data.fine_grained import FINE_DATA_FILE
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import DataSplits, split_dataset
 from beem.evaluation import evaluate_policies
@@ -53,10 +54,19 @@ def data_provenance(preset: BuildPreset, dataset: LabelledDataset, splits: DataS
         "split_sizes": {"train": len(splits.train), "calibration": len(splits.calibration), "test": len(splits.test)},
         "num_examples": len(dataset),
     }
+    repository = REPO_DATA_FILE.parents[2]
+    if data_file.resolve() != REPO_DATA_FILE and data_file.resolve().is_relative_to(repository):
+        # Where `beem evaluate` finds it (the default file is its default: its manifests stay as they were).
+        provenance["repo_path"] = str(data_file.resolve().relative_to(repository))
     if data_file.resolve() == REPO_DATA_FILE:
         provenance["description"] = (
             "Rotten Tomatoes movie-review snippets (Hutto & Gilbert, ICWSM 2014, vaderSentiment 3.3.2, MIT); "
             "label = mean score > 0; the 37 snippets scored exactly 0 are dropped"
+        )
+    if data_file.resolve() == FINE_DATA_FILE:
+        provenance["description"] = (
+            "the same snippets in five classes, SST-5's cut-offs on the mean score (-2.4, -0.8, 0.8, 2.4); each "
+            "row keeps its split in the binary set (the file's `split` field)"
         )
     return provenance
 
@@ -76,7 +86,7 @@ def _cached_exits(path: Path, compute: Any) -> ExitCache:
 def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
     started = time.perf_counter()
     backbone_dir = resolve_backbone(preset.backbone)
-    dataset = read_dataset(Path(preset.data_file))
+    dataset = read_dataset(Path(preset.data_file), preset.label_names)
     splits = split_dataset(dataset, preset.split_fractions, preset.split_seed)
     tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir), local_files_only=True)
     torch.manual_seed(preset.training.seed)

@@ -24,6 +24,7 @@ from beem.captioning.caption_presets import CAPTION_PRESETS, get_caption_preset
 from beem.captioning.captioner import IMAGE_SIZE, encode_image_files
 from beem.captioning.image_encoders import ENCODER_NAMES, EncoderUnavailableError
 from beem.data.examples import DataFormatError, read_dataset
+from beem.data.fine_grained import FINE_DATA_FILE, write_fine_grained
 from beem.data.rotten_tomatoes import REPO_DATA_FILE, write_processed
 from beem.data.splits import SPLIT_NAMES, split_dataset
 from beem.evaluation import evaluate_policies
@@ -52,13 +53,15 @@ def _build(args: argparse.Namespace) -> int:
     }
     if training_overrides:
         preset = with_training(preset, **training_overrides)
-    preset_overrides = {
+    preset_overrides: dict[str, object] = {
         key: value
         for key, value in (("backbone", args.backbone), ("data_file", args.data), ("bundle_name", args.name))
         if value is not None
     }
+    if args.data:
+        preset_overrides["label_names"] = None  # another file's labels, in their sorted order
     if preset_overrides:
-        preset = replace(preset, **preset_overrides)
+        preset = replace(preset, **preset_overrides)  # type: ignore[arg-type]
     run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / "runs" / preset.name
     bundle_dir = build(preset, Path(args.store), run_dir)
     print(bundle_dir)
@@ -96,9 +99,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     manifest = read_manifest(bundle_dir)
     if manifest["task"] == "caption":
         return _evaluate_captioner(args, bundle_dir, manifest)
-    data_file = Path(args.data) if args.data else REPO_DATA_FILE
-    dataset = read_dataset(data_file, manifest["labels"])
     provenance = manifest.get("data", {})
+    built_on = REPO_ROOT / provenance["repo_path"] if "repo_path" in provenance else REPO_DATA_FILE
+    data_file = Path(args.data) if args.data else built_on
+    dataset = read_dataset(data_file, manifest["labels"])
     if args.split == "all":
         examples = dataset
     else:
@@ -165,6 +169,8 @@ def _evaluate_captioner(args: argparse.Namespace, bundle_dir: Path, manifest: di
 def _prepare_data(args: argparse.Namespace) -> int:
     kept, dropped = write_processed(Path(args.sdist), Path(args.output))
     print(f"wrote {kept} snippets to {args.output} (dropped {dropped} scored exactly 0)")
+    fine = write_fine_grained(Path(args.sdist), Path(args.fine_output))
+    print(f"wrote {fine} snippets in five classes to {args.fine_output}")
     return 0
 
 
@@ -209,9 +215,12 @@ def parser() -> argparse.ArgumentParser:
     caption_data.add_argument("--limit", type=int, help="evaluate only the split's first N images")
     evaluate.set_defaults(handler=_evaluate)
 
-    prepare = commands.add_parser("prepare-data", help="regenerate data/rotten_tomatoes from the vaderSentiment sdist")
+    prepare = commands.add_parser(
+        "prepare-data", help="regenerate data/rotten_tomatoes and data/rotten_tomatoes_fine from vaderSentiment's sdist"
+    )
     prepare.add_argument("--sdist", required=True, help="vaderSentiment-3.3.2.tar.gz")
     prepare.add_argument("--output", default=str(REPO_DATA_FILE))
+    prepare.add_argument("--fine-output", default=str(FINE_DATA_FILE), help="the five-class file")
     prepare.set_defaults(handler=_prepare_data)
     return root
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from beem.calibration.policy_calibration import CalibrationOptions
+from beem.data.fine_grained import FINE_DATA_FILE, FINE_LABEL_NAMES
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED
 from beem.training.trainer import TrainingConfig
@@ -24,6 +25,7 @@ class BuildPreset:
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     # The bundle's weights are stored in this dtype; calibration runs on the weights as stored.
     storage_dtype: str = "float16"
+    label_names: tuple[str, ...] | None = None  # the labels' order (default: the data's labels, sorted)
 
 
 PRESETS: dict[str, BuildPreset] = {
@@ -49,6 +51,15 @@ PRESETS: dict[str, BuildPreset] = {
         backbone="minilm-l6",
         bundle_name="minilm-rt-sentiment-single-exit",
         training=TrainingConfig(epochs=3, distillation_weight=0.0, exit_weighting="final-only"),
+    ),
+    # Five-class sentiment on the same snippets (beem/data/fine_grained.py): the multi-class bundle.
+    "fine": BuildPreset(
+        name="fine",
+        backbone="minilm-l6",
+        bundle_name="minilm-rt-fine-sentiment",
+        training=TrainingConfig(epochs=3, distillation_weight=1.0),
+        data_file=str(FINE_DATA_FILE),
+        label_names=FINE_LABEL_NAMES,
     ),
     "large": BuildPreset(
         name="large",

@@ -29,6 +29,7 @@ class Example:
     text: str
     label: int
     text_pair: str | None = None
+    split: str | None = None  # a split the data file assigns (train / calibration / test), else None
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def read_jsonl(path: Path, label_names: Sequence[str] | None = None) -> Labelled
     """Read JSONL: each line an object with a text field, an optional pair field and a label (int or string)."""
     texts: list[tuple[str, str | None]] = []
     raw_labels: list[str] = []
+    assigned: list[str | None] = []
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -104,7 +106,11 @@ def read_jsonl(path: Path, label_names: Sequence[str] | None = None) -> Labelled
             pair = _clean_text(record[pair_key], path, line_number, pair_key) if pair_key else None
             texts.append((_clean_text(record[text_key], path, line_number, text_key), pair))
             raw_labels.append(str(record["label"]))
-    return _build(path, texts, raw_labels, label_names)
+            split = record.get("split")
+            if split is not None and split not in ("train", "calibration", "test"):
+                raise DataFormatError(path, line_number, f"'split' must be train, calibration or test, got {split!r}")
+            assigned.append(split)
+    return _build(path, texts, raw_labels, label_names, assigned)
 
 
 def read_glue_tsv(path: Path, label_names: Sequence[str] | None = None) -> LabelledDataset:
@@ -150,6 +156,7 @@ def _build(
     texts: list[tuple[str, str | None]],
     raw_labels: list[str],
     label_names: Sequence[str] | None,
+    splits: Sequence[str | None] | None = None,
 ) -> LabelledDataset:
     if not texts:
         raise DataFormatError(path, None, "no examples")
@@ -160,5 +167,7 @@ def _build(
     labels, names = _label_index(raw_labels, label_names)
     if len(names) < 2:
         raise DataFormatError(path, None, f"a classifier needs at least two labels, found {list(names)}")
-    examples = tuple(Example(text, label, pair) for (text, pair), label in zip(texts, labels, strict=True))
+    assigned = splits if splits is not None else [None] * len(texts)
+    examples = tuple(Example(text, label, pair, split)
+                     for (text, pair), label, split in zip(texts, labels, assigned, strict=True))  # fmt: skip
     return LabelledDataset(examples, names, str(path))

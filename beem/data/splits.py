@@ -2,7 +2,8 @@
 
 Stratified by label so every split keeps the class balance, and seeded with numpy's PCG64 (`default_rng`), whose
 permutations are stable across numpy versions. The calibration split chooses every policy's threshold; the test
-split is only ever reported, never used to choose anything.
+split is only ever reported, never used to choose anything. A data file may instead name each row's split (a
+`split` field): the fine-grained sentiment file does, so that it has the binary set's rows in every split.
 """
 
 from __future__ import annotations
@@ -56,7 +57,13 @@ def split_dataset(
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     seed: int = DEFAULT_SPLIT_SEED,
 ) -> DataSplits:
-    train, calibration, test = split_indices(dataset.labels(), fractions, seed)
+    assigned = [example.split for example in dataset.examples]
+    if all(split is not None for split in assigned):  # the file says which split each row is in
+        train, calibration, test = ([i for i, split in enumerate(assigned) if split == name] for name in SPLIT_NAMES)
+    elif any(split is not None for split in assigned):
+        raise ValueError(f"{dataset.source}: some rows name their split and some do not")
+    else:
+        train, calibration, test = split_indices(dataset.labels(), fractions, seed)
     return DataSplits(
         train=dataset.subset(train, "#train"),
         calibration=dataset.subset(calibration, "#calibration"),
