@@ -21,7 +21,7 @@ from beem.bundle.bundle_writer import export_bundle, model_state_for_storage
 from beem.bundle.manifest import CALIBRATION_CACHE_FILE, REPORT_FILE, REPORT_PLOT_FILE
 from beem.bundle.report import write_report
 from beem.calibration.exit_cache import ExitCache, compute_exit_cache
-from beem.calibration.policy_calibration import calibrate_policies, calibration_json
+from beem.calibration.policy_calibration import CalibrationOptions, calibrate_policies, calibration_json
 from beem.data.examples import LabelledDataset, read_dataset
 from beem.data.fine_grained import FINE_DATA_FILE
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
@@ -69,6 +69,20 @@ def data_provenance(preset: BuildPreset, dataset: LabelledDataset, splits: DataS
             "row keeps its split in the binary set (the file's `split` field)"
         )
     return provenance
+
+
+def default_policy_name(wanted: str, calibration: dict[str, Any], options: CalibrationOptions) -> str:
+    """The policy a server uses when a request names none. "best": the fastest policy on the calibration split
+    (mean exit layer) among those within the accuracy budget of full depth there; the test split plays no part.
+    Ties go to the earlier policy of the table (BEEM-A first)."""
+    policies = calibration["policies"]
+    if wanted != "best":
+        if wanted not in policies:
+            raise ValueError(f"default policy {wanted!r} is not among the calibrated {', '.join(policies)}")
+        return wanted
+    floor = policies["full"]["accuracy"] - options.accuracy_budget
+    within = [name for name, entry in policies.items() if entry["accuracy"] >= floor - 1e-12]
+    return min(within, key=lambda name: (policies[name]["mean_exit_layer"], list(policies).index(name)))
 
 
 def _headline(result: dict[str, Any]) -> dict[str, float]:
@@ -128,7 +142,7 @@ def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
         "max_length": max_length,
         "exit_heads": model.heads.spec.to_json(),
         "weights": {"dtype": preset.storage_dtype},
-        "default_policy": "beem-a",
+        "default_policy": default_policy_name(preset.default_policy, calibration, options),
         "policies": {
             name: {
                 "params": calibration["policies"][name]["params"],  # type: ignore[index]

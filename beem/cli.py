@@ -55,7 +55,12 @@ def _build(args: argparse.Namespace) -> int:
         preset = with_training(preset, **training_overrides)
     preset_overrides: dict[str, object] = {
         key: value
-        for key, value in (("backbone", args.backbone), ("data_file", args.data), ("bundle_name", args.name))
+        for key, value in (
+            ("backbone", args.backbone),
+            ("data_file", args.data),
+            ("bundle_name", args.name),
+            ("default_policy", args.default_policy),
+        )
         if value is not None
     }
     if args.data:
@@ -190,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--backbone", help="override the backbone: minilm-l6, mpnet-base or a local model directory")
     build.add_argument("--data", help="override the data: one labelled .jsonl or GLUE .tsv file, split 70/15/15")
     build.add_argument("--name", help="override the bundle name")
+    build.add_argument("--default-policy", help="the bundle's default policy: a policy name, or 'best' (the "
+                       "fastest within the accuracy budget on the calibration split); default beem-a")  # fmt: skip
     build.add_argument("--max-length", type=int, help="override the maximum tokens per input")
     build.add_argument("--max-steps-per-epoch", type=int, help="cap each epoch (quick trials)")
     captions = build.add_argument_group("caption builds (--task caption)")

@@ -26,6 +26,7 @@ class BuildPreset:
     # The bundle's weights are stored in this dtype; calibration runs on the weights as stored.
     storage_dtype: str = "float16"
     label_names: tuple[str, ...] | None = None  # the labels' order (default: the data's labels, sorted)
+    default_policy: str = "beem-a"  # the manifest's default: a policy name, or "best" (`builder.default_policy_name`)
 
 
 PRESETS: dict[str, BuildPreset] = {
