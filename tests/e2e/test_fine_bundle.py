@@ -13,7 +13,7 @@ from tests.e2e.test_real_server import ServerProcess
 FINE_BUNDLE = Path(__file__).resolve().parents[2] / "model_store" / "minilm-rt-fine-sentiment"
 
 
-@pytest.mark.skipif(not FINE_BUNDLE.is_dir(), reason="the five-class bundle is not in model_store/ (beem build --preset fine)")
+@pytest.mark.skipif(not FINE_BUNDLE.is_dir(), reason="no five-class bundle in model_store/ (beem build --preset fine)")
 def test_the_five_class_bundle_is_served_with_its_labels_in_rating_order() -> None:
     server = ServerProcess(FINE_BUNDLE)
     try:
