@@ -62,6 +62,15 @@ PRESETS: dict[str, BuildPreset] = {
         data_file=str(FINE_DATA_FILE),
         label_names=FINE_LABEL_NAMES,
     ),
+    # The five-class reference: the final exit alone (is the multi-exit bundle's full depth as good as it gets?).
+    "fine-single-exit": BuildPreset(
+        name="fine-single-exit",
+        backbone="minilm-l6",
+        bundle_name="minilm-rt-fine-sentiment-single-exit",
+        training=TrainingConfig(epochs=3, distillation_weight=0.0, exit_weighting="final-only"),
+        data_file=str(FINE_DATA_FILE),
+        label_names=FINE_LABEL_NAMES,
+    ),
     "large": BuildPreset(
         name="large",
         backbone="mpnet-base",
