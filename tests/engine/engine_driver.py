@@ -16,7 +16,10 @@ from service.settings import ServerSettings
 
 
 def loaded_engine(bundle_dir: Path, **settings: object) -> InferenceEngine:
-    """The server's classification engine for a bundle (built by the app's own factory), loaded, no thread."""
+    """The server's classification engine for a bundle (built by the app's own factory), loaded, no thread.
+    Admission never sheds by expected wait unless a test asks: these tests are about the step loop, and on a
+    loaded machine (CI beside a build) a slow drain rate made the default 500 ms shed test rows."""
+    settings.setdefault("max_queue_wait_ms", 1e9)
     manifest = read_manifest(resolve_bundle_dir(bundle_dir))
     engine = build_engine(ServerSettings(bundle=bundle_dir, **settings), "classification", int(manifest["num_layers"]))
     assert isinstance(engine, InferenceEngine)
