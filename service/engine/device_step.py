@@ -42,8 +42,11 @@ class DeviceStep:
         compiled = torch.compile(self.decide_rows, dynamic=True, fullgraph=True)
         try:
             for rows in (1, 2):  # torch.compile specialises a dimension of size 1: both compilations now
-                compiled(self._layer_value(1, sample_table.device), sample_logits[:1].expand(rows, -1),
-                         sample_table[:1].expand(rows, -1))  # fmt: skip
+                compiled(
+                    self._layer_value(1, sample_table.device),
+                    sample_logits[:1].expand(rows, -1).contiguous(),
+                    sample_table[:1].expand(rows, -1).contiguous(),
+                )  # contiguous, as the steps pass them
         except Exception as error:
             log.warning("decisions stay eager: torch.compile failed: %s", error)
             return f"{type(error).__name__}: {error}"
