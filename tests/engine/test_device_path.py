@@ -30,16 +30,8 @@ from service.engine.inference_engine import InferenceEngine
 from service.engine.packet_reader import PacketReader
 from service.engine.row_outcome import ClassAnswer, Dropped, RowFate
 from service.engine.work_item import WorkItem
-from tests.engine.engine_driver import Submitted, loaded_engine, submit
+from tests.engine.engine_driver import TEXTS, Submitted, loaded_engine, submit
 
-TEXTS = [
-    "a gorgeous, moving film",
-    "dull and far too long",
-    "the plot never comes together, and the jokes land with a thud on every single occasion",
-    "fine acting",
-    "an unexpectedly tender, funny and wise film about growing older",
-    "it is what it is",
-]
 POLICIES: list[ExitPolicy] = [
     MaxProbPolicy(0.521),  # the tiny model's confidences sit near 0.52: rows leave at layers 1, 2 and 3
     BeemPolicy("beem-c", (1 / 3, 2 / 3, 1.0), 0.5),

@@ -16,16 +16,8 @@ from service.engine.admission_queue import EngineClosedError
 from service.engine.group_selection import GROUP_SELECTION_RULES
 from service.engine.inference_engine import InferenceEngine
 from service.engine.row_outcome import ClassAnswer, Dropped, RowFate
-from tests.engine.engine_driver import group_depths, loaded_engine, submit
+from tests.engine.engine_driver import TEXTS, group_depths, loaded_engine, submit
 
-TEXTS = [
-    "a gorgeous, moving film",
-    "dull and far too long",
-    "the plot never comes together, and the jokes land with a thud on every single occasion",
-    "fine acting",
-    "an unexpectedly tender, funny and wise film about growing older",
-    "it is what it is",
-]
 WAVERING = MaxProbPolicy(0.521)  # the tiny model's confidences sit near 0.52: rows leave at layers 1, 2 and 3
 POLICIES: list[ExitPolicy] = [WAVERING, BeemPolicy("beem-c", (1 / 3, 2 / 3, 1.0), 0.5), StaticPolicy(2),
                               FullDepthPolicy()]  # fmt: skip
