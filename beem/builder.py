@@ -54,6 +54,8 @@ def data_provenance(preset: BuildPreset, dataset: LabelledDataset, splits: DataS
         "split_sizes": {"train": len(splits.train), "calibration": len(splits.calibration), "test": len(splits.test)},
         "num_examples": len(dataset),
     }
+    if preset.calibration_share is not None:
+        provenance["calibration_share"] = preset.calibration_share
     repository = REPO_DATA_FILE.parents[2]
     if data_file.resolve() != REPO_DATA_FILE and data_file.resolve().is_relative_to(repository):
         # Where `beem evaluate` finds it (the default file is its default: its manifests stay as they were).
@@ -101,11 +103,15 @@ def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
     started = time.perf_counter()
     backbone_dir = resolve_backbone(preset.backbone)
     dataset = read_dataset(Path(preset.data_file), preset.label_names)
-    splits = split_dataset(dataset, preset.split_fractions, preset.split_seed)
+    splits = split_dataset(dataset, preset.split_fractions, preset.split_seed, preset.calibration_share)
     tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir), local_files_only=True)
     torch.manual_seed(preset.training.seed)
     model = MultiExitModel.from_pretrained_backbone(
-        str(backbone_dir), len(dataset.label_names), preset.pooling, preset.shared_pooler
+        str(backbone_dir),
+        len(dataset.label_names),
+        preset.pooling,
+        preset.shared_pooler,
+        head_design=preset.head_design,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "preset.json").write_text(json.dumps(asdict(preset), indent=2))

@@ -28,6 +28,7 @@ from beem.data.fine_grained import FINE_DATA_FILE, write_fine_grained
 from beem.data.rotten_tomatoes import REPO_DATA_FILE, write_processed
 from beem.data.splits import SPLIT_NAMES, split_dataset
 from beem.evaluation import evaluate_policies
+from beem.model.exit_heads import HEAD_DESIGNS
 from beem.model.pretrained_backbones import BackboneNotFoundError
 from beem.presets import PRESETS, get_preset, with_training
 
@@ -48,6 +49,9 @@ def _build(args: argparse.Namespace) -> int:
             ("seed", args.seed),
             ("max_steps_per_epoch", args.max_steps_per_epoch),
             ("max_length", args.max_length),
+            ("distillation_weight", args.distillation_weight),
+            ("distillation_temperature", args.distillation_temperature),
+            ("head_learning_rate_scale", args.head_learning_rate_scale),
         )
         if value is not None
     }
@@ -60,6 +64,8 @@ def _build(args: argparse.Namespace) -> int:
             ("data_file", args.data),
             ("bundle_name", args.name),
             ("default_policy", args.default_policy),
+            ("head_design", args.head_design),
+            ("calibration_share", args.calibration_share),
         )
         if value is not None
     }
@@ -120,6 +126,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             dataset,
             tuple(provenance.get("split_fractions", (0.7, 0.15, 0.15))),
             int(provenance.get("split_seed", 0)),
+            provenance.get("calibration_share"),
         )
         examples = splits.by_name(args.split)
     bundle = load_bundle(bundle_dir)
@@ -199,6 +206,14 @@ def parser() -> argparse.ArgumentParser:
                        "fastest within the accuracy budget on the calibration split); default beem-a")  # fmt: skip
     build.add_argument("--max-length", type=int, help="override the maximum tokens per input")
     build.add_argument("--max-steps-per-epoch", type=int, help="cap each epoch (quick trials)")
+    levers = build.add_argument_group("exit-quality levers (bench/training_levers.py)")
+    levers.add_argument("--head-design", choices=HEAD_DESIGNS, help="exit heads: a pooler MLP (default) or linear")
+    levers.add_argument("--distillation-weight", type=float, help="weight of the final exit's soft labels")
+    levers.add_argument("--distillation-temperature", type=float, help="softmax temperature of distillation")
+    levers.add_argument("--head-learning-rate-scale", type=float, help="the exit heads' learning rate over the "
+                        "backbone's (default 1)")  # fmt: skip
+    levers.add_argument("--calibration-share", type=float, help="re-split train / calibration so calibration holds "
+                        "this share of the non-test rows; test is untouched")  # fmt: skip
     captions = build.add_argument_group("caption builds (--task caption)")
     captions.add_argument("--scenes", type=int, help="number of generated Fashion-MNIST scenes")
     captions.add_argument("--fashion-mnist-dir", help="where Fashion-MNIST is (default: Debian's location)")

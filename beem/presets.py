@@ -18,10 +18,14 @@ class BuildPreset:
     bundle_name: str
     pooling: str = "mean"
     shared_pooler: bool = False
+    head_design: str = "pooler"  # beem.model.exit_heads.HEAD_DESIGNS
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data_file: str = str(REPO_DATA_FILE)
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     split_seed: int = DEFAULT_SPLIT_SEED
+    # Re-split train / calibration so calibration is this share of the non-test rows; test is untouched
+    # (beem.data.splits.reshare_calibration). None: the split as the fractions or the data file give it.
+    calibration_share: float | None = None
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     # The bundle's weights are stored in this dtype; calibration runs on the weights as stored.
     storage_dtype: str = "float16"

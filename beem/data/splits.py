@@ -52,10 +52,35 @@ def split_indices(
     return train, calibration, test
 
 
+def reshare_calibration(
+    labels: list[int], train: list[int], calibration: list[int], share: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Pool the train and calibration rows and cut them again, per label, so calibration holds `share` of them.
+
+    The test rows are not among the inputs, so they cannot move: this is the "larger calibration split" lever,
+    which must leave the reported split as it was. Each part is returned in ascending order.
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"the calibration share must be between 0 and 1, got {share}")
+    rng = np.random.default_rng(seed)
+    pool = np.asarray(sorted(train + calibration))
+    pool_labels = np.asarray(labels)[pool]
+    new_train: list[int] = []
+    new_calibration: list[int] = []
+    for label in sorted(set(pool_labels.tolist())):
+        members = pool[pool_labels == label]
+        shuffled = members[rng.permutation(len(members))]
+        cut = round(len(members) * share)
+        new_calibration.extend(int(i) for i in shuffled[:cut])
+        new_train.extend(int(i) for i in shuffled[cut:])
+    return sorted(new_train), sorted(new_calibration)
+
+
 def split_dataset(
     dataset: LabelledDataset,
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     seed: int = DEFAULT_SPLIT_SEED,
+    calibration_share: float | None = None,
 ) -> DataSplits:
     assigned = [example.split for example in dataset.examples]
     if all(split is not None for split in assigned):  # the file says which split each row is in
@@ -64,6 +89,8 @@ def split_dataset(
         raise ValueError(f"{dataset.source}: some rows name their split and some do not")
     else:
         train, calibration, test = split_indices(dataset.labels(), fractions, seed)
+    if calibration_share is not None:
+        train, calibration = reshare_calibration(dataset.labels(), train, calibration, calibration_share, seed)
     return DataSplits(
         train=dataset.subset(train, "#train"),
         calibration=dataset.subset(calibration, "#calibration"),

@@ -1,9 +1,11 @@
 """One classifier ("expert") after every encoder layer.
 
 Head i reads layer i's output, pools it to one vector per sample, passes it through a pooler (dense + tanh) and a
-linear layer (DESIGN 3.4). Two design choices are configurable because they change how good the early exits are:
+linear layer (DESIGN 3.4). Three design choices are configurable because they change how good the early exits are:
 `pooling` = "cls" (the paper's) or "mean" (masked mean over tokens, how the default backbone was pre-trained as a
-sentence encoder), and `shared_pooler` (one pooler for every exit, the paper's, or one per exit).
+sentence encoder), `shared_pooler` (one pooler for every exit, the paper's, or one per exit), and `design`:
+"pooler" (the one-hidden-layer MLP above) or "linear" (the pooled vector straight into the linear layer, no pooler:
+fewer parameters per exit, and every exit's features are the backbone's own).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 POOLING_MODES = ("cls", "mean")
+HEAD_DESIGNS = ("pooler", "linear")
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,13 @@ class ExitHeadSpec:
     pooling: str = "mean"
     shared_pooler: bool = False
     dropout: float = 0.1
+    design: str = "pooler"  # bundles written before this field existed have pooler heads
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.design not in HEAD_DESIGNS:
+            raise ValueError(f"exit head design must be one of {HEAD_DESIGNS}, got {self.design!r}")
         if self.num_layers < 1 or self.num_labels < 2:
             raise ValueError("exit heads need at least one layer and two labels")
 
@@ -56,7 +62,7 @@ class ExitHeads(nn.Module):
     def __init__(self, spec: ExitHeadSpec) -> None:
         super().__init__()
         self.spec = spec
-        pooler_count = 1 if spec.shared_pooler else spec.num_layers
+        pooler_count = 0 if spec.design == "linear" else 1 if spec.shared_pooler else spec.num_layers
         self.poolers = nn.ModuleList(nn.Linear(spec.hidden_size, spec.hidden_size) for _ in range(pooler_count))
         self.classifiers = nn.ModuleList(nn.Linear(spec.hidden_size, spec.num_labels) for _ in range(spec.num_layers))
         self.dropout = nn.Dropout(spec.dropout)
@@ -76,8 +82,10 @@ class ExitHeads(nn.Module):
     ) -> torch.Tensor:
         """Logits of exit `exit_index` (0-based): (B, T, H), (B, T) -> (B, num_labels)."""
         pooled = pool_hidden(hidden, attention_mask, self.spec.pooling, mean_weights)  # (B, H)
-        pooler = self.poolers[0 if self.spec.shared_pooler else exit_index]
         classifier: nn.Module = self.classifiers[exit_index]
+        if self.spec.design == "linear":
+            return classifier(self.dropout(pooled) if self.training else pooled)
+        pooler = self.poolers[0 if self.spec.shared_pooler else exit_index]
         if self.training:
             features = torch.tanh(pooler(self.dropout(pooled)))
             return classifier(self.dropout(features))

@@ -28,7 +28,13 @@ class MultiExitModel(nn.Module):
 
     @classmethod
     def from_pretrained_backbone(
-        cls, backbone_dir: str, num_labels: int, pooling: str, shared_pooler: bool, dropout: float = 0.1
+        cls,
+        backbone_dir: str,
+        num_labels: int,
+        pooling: str,
+        shared_pooler: bool,
+        dropout: float = 0.1,
+        head_design: str = "pooler",
     ) -> MultiExitModel:
         """A fresh multi-exit model on a pre-trained encoder from a local directory (never a hub id)."""
         encoder = AutoModel.from_pretrained(backbone_dir, local_files_only=True)
@@ -39,6 +45,7 @@ class MultiExitModel(nn.Module):
             pooling=pooling,
             shared_pooler=shared_pooler,
             dropout=dropout,
+            design=head_design,
         )
         model = cls(encoder, spec)
         pretrained_pooler = getattr(encoder, "pooler", None)

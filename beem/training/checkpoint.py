@@ -60,17 +60,23 @@ class CheckpointMismatchError(ValueError):
 
 
 def load_checkpoint(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, object]
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, object],
+    config_defaults: dict[str, object] | None = None,
 ) -> TrainerProgress | None:
     """Restore model and optimizer in place; None when the directory holds no complete checkpoint.
 
     A checkpoint of another training config is refused: its learning-rate schedule and data order differ, so
-    continuing it would silently produce a model that no single run would.
+    continuing it would silently produce a model that no single run would. A setting the saved config lacks
+    (added to the config after it was written) counts as `config_defaults` gives it.
     """
     if not (directory / STATE_FILE).is_file():
         return None
     saved = json.loads((directory / STATE_FILE).read_text())
-    if saved.get("config") != config:
+    saved_config = {**(config_defaults or {}), **(saved.get("config") or {})}
+    if "config" not in saved or saved_config != config:
         raise CheckpointMismatchError(
             f"{directory / STATE_FILE}: checkpoint of a different training config ({saved.get('config')}); "
             f"use another run directory or delete this one to start over"

@@ -34,6 +34,9 @@ class TrainingConfig:
     distillation_weight: float = 0.0
     distillation_temperature: float = 2.0
     exit_weighting: str = "depth"  # "depth" (DESIGN 3.4) or "final-only" (the single-exit reference)
+    # The exit heads learn at this multiple of the backbone's rate: fresh heads on a pre-trained encoder may need
+    # a faster rate than the encoder can take without forgetting.
+    head_learning_rate_scale: float = 1.0
     max_length: int = 128
     seed: int = 13
     max_steps_per_epoch: int | None = None  # caps an epoch; for smoke tests and quick trials
@@ -43,13 +46,23 @@ class TrainingConfig:
 
 
 def _optimizer(model: MultiExitModel, config: TrainingConfig) -> torch.optim.AdamW:
-    # Biases and LayerNorm weights are not decayed (the usual BERT fine-tuning recipe).
-    decayed: list[torch.nn.Parameter] = []
-    undecayed: list[torch.nn.Parameter] = []
+    # Biases and LayerNorm weights are not decayed (the usual BERT fine-tuning recipe); the exit heads' groups
+    # take their own rate. The scheduler scales every group's rate by the same factor, so the ratio holds.
+    # Group order (decayed first, backbone before heads) keeps every parameter's index in the optimizer state
+    # as it was before heads had a group of their own, so earlier checkpoints still resume.
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
-        (undecayed if parameter.ndim < 2 or "LayerNorm" in name else decayed).append(parameter)
+        undecayed = parameter.ndim < 2 or "LayerNorm" in name
+        groups.setdefault((undecayed, name.startswith("heads.")), []).append(parameter)
     return torch.optim.AdamW(
-        [{"params": decayed, "weight_decay": config.weight_decay}, {"params": undecayed, "weight_decay": 0.0}],
+        [
+            {
+                "params": parameters,
+                "weight_decay": 0.0 if undecayed else config.weight_decay,
+                "lr": config.learning_rate * (config.head_learning_rate_scale if in_heads else 1.0),
+            }
+            for (undecayed, in_heads), parameters in sorted(groups.items())
+        ],
         lr=config.learning_rate,
     )
 
@@ -76,7 +89,9 @@ def train(
     steps_per_epoch = _steps_per_epoch(len(train_set), config)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
-    progress = load_checkpoint(checkpoint_dir, model, optimizer, config.to_json()) or TrainerProgress(0, 0, ())
+    progress = load_checkpoint(
+        checkpoint_dir, model, optimizer, config.to_json(), TrainingConfig().to_json()
+    ) or TrainerProgress(0, 0, ())
     with warnings.catch_warnings():  # replaying the schedule steps it without an optimizer step, on purpose
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(progress.optimizer_steps):

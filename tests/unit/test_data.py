@@ -10,7 +10,7 @@ import pytest
 
 from beem.data.examples import DataFormatError, Example, LabelledDataset, read_dataset
 from beem.data.rotten_tomatoes import LABEL_NAMES, REPO_DATA_FILE, parse_ground_truth
-from beem.data.splits import DEFAULT_SPLIT_SEED, split_dataset, split_indices
+from beem.data.splits import DEFAULT_SPLIT_SEED, reshare_calibration, split_dataset, split_indices
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -393,3 +393,23 @@ def test_committed_rotten_tomatoes_labels_follow_scores() -> None:
     assert all(r["score"] != 0 for r in records)
     assert all((r["label"] == "positive") == (r["score"] > 0) for r in records)
     assert len({r["id"] for r in records}) == len(records)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.35, 0.5, 0.9])
+def test_resharing_calibration_never_moves_a_test_row(share: float) -> None:
+    labels = [i % 3 for i in range(300)]  # three labels, 100 rows each
+    train, calibration, test = split_indices(labels, (0.7, 0.15, 0.15), seed=5)
+    new_train, new_calibration = reshare_calibration(labels, train, calibration, share, seed=5)
+    assert sorted(new_train + new_calibration) == sorted(train + calibration)  # the same rows
+    assert not set(test) & set(new_train + new_calibration)  # no test row moved in
+    assert not set(new_train) & set(new_calibration)
+    for label in range(3):  # stratified: each label's share of the pool
+        pool = sum(1 for i in train + calibration if labels[i] == label)
+        assert sum(1 for i in new_calibration if labels[i] == label) == round(pool * share)
+    assert reshare_calibration(labels, train, calibration, share, seed=5) == (new_train, new_calibration)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, -0.2, 1.5])
+def test_a_calibration_share_outside_zero_to_one_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        reshare_calibration([0, 1, 0, 1], [0, 1], [2, 3], share, seed=0)
