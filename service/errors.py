@@ -6,6 +6,7 @@ can tell a bad request from an overloaded server without parsing prose.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from beem.policies.policy_table import POLICY_NAMES, PolicyParameterError
 from service.engine.admission_queue import EngineClosedError, QueueFullError
+from service.schemas import INPUT_SHAPE_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +78,18 @@ class ClientGoneError(ServiceError):
     error_type = "client_closed_request"
 
 
+class ErrorJSONResponse(JSONResponse):
+    """Error messages may quote what the client sent, and JSON lets that hold lone surrogates, which UTF-8
+    cannot encode: escaped to ASCII, the body is still the same JSON and can always be written."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def error_response(
     status_code: int, message: str, error_type: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status_code, headers=headers)
+    return ErrorJSONResponse({"error": message, "error_type": error_type}, status_code=status_code, headers=headers)
 
 
 def _validation_message(error: RequestValidationError) -> str:
@@ -87,7 +97,7 @@ def _validation_message(error: RequestValidationError) -> str:
     tag is left out of the location and named in the message where it matters."""
     parts = []
     for detail in error.errors()[:5]:
-        steps = [str(step) for step in detail.get("loc", ()) if step != "body"]
+        steps = [str(step) for step in detail.get("loc", ()) if step != "body" and step not in INPUT_SHAPE_TAGS]
         tag = next((step for step in steps if step in POLICY_NAMES), None)
         location = ".".join(step for step in steps if step != tag) or "body"
         if detail.get("type") == "union_tag_invalid":

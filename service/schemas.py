@@ -5,9 +5,68 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, TypeAdapter, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictStr,
+    Tag,
+    TypeAdapter,
+    create_model,
+)
 
 from beem.policies.policy_table import POLICY_TABLE, PolicyDefinition
+
+
+def _unicode_text(text: str) -> str:
+    """JSON can carry a lone UTF-16 surrogate ("\\ud800"), which is no Unicode character: no tokenizer can read
+    it and no UTF-8 response can echo it. Such text is refused (422, where in the text), as TEI's JSON parser
+    refuses it, rather than silently changed into U+FFFD: a client is told its text was not what it meant."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"character {error.start} is U+{ord(text[error.start]):04X}, a lone UTF-16 surrogate, which is not "
+            "Unicode text"
+        ) from None
+    return text
+
+
+# Every text a client sends: a JSON string that is Unicode text.
+Text = Annotated[StrictStr, AfterValidator(_unicode_text)]
+
+# `inputs` takes several shapes. Each is tagged by what the value looks like, so a bad one is reported against
+# the shape it was meant as ("inputs.1: ...") rather than once per shape it is not; errors.py leaves the tags out
+# of locations.
+INPUT_SHAPE_TAGS = ("text", "texts", "batch")
+
+
+def _inputs_shape(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list | tuple):
+        return "batch" if value and all(isinstance(item, list | tuple) for item in value) else "texts"
+    return None
+
+
+def _inputs(text: Any, texts: Any, batch: Any, description: str) -> Any:
+    return Annotated[
+        Annotated[text, Tag("text")] | Annotated[texts, Tag("texts")] | Annotated[batch, Tag("batch")],
+        Discriminator(_inputs_shape, custom_error_type="inputs_shape", custom_error_message=description),
+    ]
+
+
+CLASSIFY_INPUTS_SHAPE = "a text, a list of texts, or a list of [text, text_pair] pairs"
+PREDICT_INPUTS_SHAPE = "a text, a [text, pair] list, or a batch of [text] / [text, pair] lists"
+if TYPE_CHECKING:
+    ClassifyInputs = str | list[str] | list[tuple[str, str]]
+    PredictInputs = str | list[str] | list[list[str]]
+else:
+    ClassifyInputs = _inputs(Text, list[Text], list[tuple[Text, Text]], CLASSIFY_INPUTS_SHAPE)
+    PredictInputs = _inputs(Text, list[Text], list[list[Text]], PREDICT_INPUTS_SHAPE)
 
 
 class PolicyRequest(BaseModel):
@@ -46,9 +105,7 @@ POLICY_SPEC = TypeAdapter(PolicySpec)
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: StrictStr | list[StrictStr] | list[tuple[StrictStr, StrictStr]] = Field(
-        description="a text, a list of texts, or a list of [text, text_pair] pairs"
-    )
+    inputs: ClassifyInputs = Field(description=CLASSIFY_INPUTS_SHAPE)
     policy: PolicySpec | None = Field(None, description="default: the bundle's calibrated beem-a")
     max_layers: int | None = Field(None, ge=1, description="no sample runs deeper than this layer")
     return_exits: StrictBool = Field(False, description="list every computed exit's label and confidence")
@@ -87,7 +144,7 @@ class PredictRequest(BaseModel):
     """text-embeddings-inference's classification request: `inputs` is a text, a [text, pair] pair, or a batch
     of [text] / [text, pair] lists. Served with the bundle's calibrated BEEM-A."""
 
-    inputs: StrictStr | list[StrictStr] | list[list[StrictStr]]
+    inputs: PredictInputs = Field(description=PREDICT_INPUTS_SHAPE)
     truncate: StrictBool | None = False
     truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
     raw_scores: StrictBool = False

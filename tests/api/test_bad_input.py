@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from pydantic import SecretStr
 
 from service.settings import ServerSettings
@@ -75,6 +77,42 @@ def test_predict_rejects_three_strings(client: TestClient) -> None:
     response = client.post("/predict", json={"inputs": ["a", "b", "c"]})
     assert response.status_code == 422
     assert "[text] or [text, pair]" in response.json()["error"]
+
+
+LONE = "\ud800"  # valid JSON ("\\ud800"), but no Unicode character
+
+
+def _post_escaped(client: TestClient, route: str, body: object) -> Response:
+    """As a JSON library writing ASCII sends it: the surrogate as a \\u escape (httpx's json= cannot)."""
+    return client.post(route, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "where"),
+    [
+        ("/v1/classify", {"inputs": LONE}, "inputs"),
+        ("/v1/classify", {"inputs": ["fine", "ok " + LONE]}, "inputs.1"),
+        ("/v1/classify", {"inputs": [["fine", "\udfff pair"]]}, "inputs.0.1"),
+        ("/predict", {"inputs": LONE}, "inputs"),
+        ("/predict", {"inputs": ["fine", LONE]}, "inputs"),
+        ("/predict", {"inputs": [["fine"], [LONE, "pair"]]}, "inputs"),
+    ],
+)
+def test_a_lone_surrogate_is_refused_with_where_it_is(
+    client: TestClient, route: str, body: dict[str, object], where: str
+) -> None:
+    response = _post_escaped(client, route, body)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["error_type"] == "validation"
+    assert where in error["error"] and "lone UTF-16 surrogate" in error["error"]
+    assert client.post(route, json={"inputs": "still serving"}).status_code == 200
+
+
+def test_an_error_quoting_a_lone_surrogate_is_still_json(client: TestClient) -> None:
+    response = _post_escaped(client, "/v1/classify", {"inputs": "ok", "policy": {"name": LONE}})
+    assert response.status_code == 422
+    assert "unknown policy" in response.json()["error"]  # a JSON body, whatever the message quotes
 
 
 @pytest.fixture(scope="module")
