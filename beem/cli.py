@@ -8,13 +8,12 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from beem.builder import build, file_sha256
 from beem.bundle.bundle_reader import load_bundle
-from beem.bundle.manifest import BundleError, read_manifest, resolve_bundle_dir
+from beem.bundle.manifest import BundleError, Manifest, read_manifest, resolve_bundle_dir
 from beem.calibration.exit_cache import compute_exit_cache
 from beem.captioning.caption_builder import build_captioner_bundle, split_token_cache
 from beem.captioning.caption_bundle import load_caption_bundle
@@ -108,12 +107,12 @@ def _build_captioner(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     bundle_dir = resolve_bundle_dir(Path(args.bundle))
     manifest = read_manifest(bundle_dir)
-    if manifest["task"] == "caption":
+    if manifest.task == "caption":
         return _evaluate_captioner(args, bundle_dir, manifest)
-    provenance = manifest.get("data", {})
+    provenance = manifest.data
     built_on = REPO_ROOT / provenance["repo_path"] if "repo_path" in provenance else REPO_DATA_FILE
     data_file = Path(args.data) if args.data else built_on
-    dataset = read_dataset(data_file, manifest["labels"])
+    dataset = read_dataset(data_file, list(manifest.labels))
     if args.split == "all":
         examples = dataset
     else:
@@ -149,10 +148,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_captioner(args: argparse.Namespace, bundle_dir: Path, manifest: dict[str, Any]) -> int:
+def _evaluate_captioner(args: argparse.Namespace, bundle_dir: Path, manifest: Manifest) -> int:
     if args.split == "all":
         raise ValueError("caption bundles are evaluated on one split: train, calibration or test")
-    source = source_from_provenance(manifest["data"], args.coco_annotations, args.coco_images, args.fashion_mnist_dir)
+    provenance = dict(manifest.data)
+    source = source_from_provenance(provenance, args.coco_annotations, args.coco_images, args.fashion_mnist_dir)
     items = load_caption_items(source, Path(args.work_dir))
     indices = split_images(len(items), source.split_fractions, source.split_seed)[args.split]
     subset = [items[i] for i in indices][: args.limit]

@@ -35,7 +35,7 @@ DEFAULT_CAPTION_BUNDLE = REPO_ROOT / "model_store" / "lite0-fashion-scenes-capti
 def copy_test_split_images(bundle_dir: Path, work_dir: Path, limit: int) -> Path:
     """Copy the bundle's first `limit` test-split images into one folder (the load generator reads a folder)."""
     manifest = read_manifest(bundle_dir)
-    source = source_from_provenance(manifest["data"], None, None, None)
+    source = source_from_provenance(dict(manifest.data), None, None, None)
     items = load_caption_items(source, work_dir)
     indices = split_images(len(items), source.split_fractions, source.split_seed)["test"][:limit]
     folder = Path(tempfile.mkdtemp(prefix="caption-serving-"))

@@ -19,7 +19,7 @@ def engine_in_thread(
     bundle_dir: Path, device: str = "cpu", dtype: str = "float32", **settings: object
 ) -> InferenceEngine:
     bundle_dir = resolve_bundle_dir(bundle_dir)
-    num_layers = int(read_manifest(bundle_dir)["num_layers"])
+    num_layers = read_manifest(bundle_dir).num_layers
     engine = build_engine(ServerSettings(bundle=bundle_dir, device=device, dtype=dtype, **settings),  # type: ignore[arg-type]
                           "classification", num_layers)  # fmt: skip
     assert isinstance(engine, InferenceEngine)

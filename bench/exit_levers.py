@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from beem.bundle.bundle_reader import load_bundle
-from beem.bundle.manifest import read_manifest, resolve_bundle_dir
+from beem.bundle.manifest import Manifest, read_manifest, resolve_bundle_dir
 from beem.calibration.exit_cache import ExitCache, compute_exit_cache
 from beem.calibration.policy_calibration import CalibrationOptions, calibrate_policies
 from beem.data.examples import read_dataset
@@ -43,17 +43,17 @@ def above_chance(cache: ExitCache, num_labels: int) -> ExitCache:
     return replace(cache, confidences=(cache.confidences - chance) / (1.0 - chance))
 
 
-def test_cache(bundle_dir: Path, manifest: dict[str, Any]) -> ExitCache:
+def test_cache(bundle_dir: Path, manifest: Manifest) -> ExitCache:
     """The test split's exits: the build's own cache when its run directory is here, else computed once."""
-    built = REPO_ROOT / "runs" / str(manifest["training"]["preset"]) / "exits_test.safetensors"
+    built = REPO_ROOT / "runs" / str(manifest.training["preset"]) / "exits_test.safetensors"
     if built.is_file():
         return ExitCache.load(built)
-    kept = REPO_ROOT / "runs" / "levers" / f"{manifest['name']}-{manifest['version']}-test.safetensors"
+    kept = REPO_ROOT / "runs" / "levers" / f"{manifest.name}-{manifest.version}-test.safetensors"
     if kept.is_file():
         return ExitCache.load(kept)
-    provenance = manifest["data"]
+    provenance = manifest.data
     data_file = REPO_ROOT / provenance.get("repo_path", "data/rotten_tomatoes/snippets.jsonl")
-    splits = split_dataset(read_dataset(data_file, manifest["labels"]), tuple(provenance["split_fractions"]),
+    splits = split_dataset(read_dataset(data_file, list(manifest.labels)), tuple(provenance["split_fractions"]),
                            int(provenance["split_seed"]))  # fmt: skip
     bundle = load_bundle(bundle_dir)
     cache = compute_exit_cache(bundle.model, bundle.tokenizer, splits.test, bundle.max_length)
@@ -88,8 +88,8 @@ def bundle_levers(bundle_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(bundle_dir)
     calibration = ExitCache.load(bundle_dir / CALIBRATION_FILE)
     test = test_cache(bundle_dir, manifest)
-    build = CalibrationOptions(**manifest["calibration"])
-    num_labels = len(manifest["labels"])
+    build = CalibrationOptions(**manifest.calibration)
+    num_labels = len(manifest.labels)
     levers = {
         "build": measure(calibration, test, build),
         "rule=per-exit": measure(calibration, test, replace(build, selection_rule="per-exit")),
@@ -98,7 +98,7 @@ def bundle_levers(bundle_dir: Path) -> dict[str, Any]:
         "budget=0.25": measure(calibration, test, replace(build, accuracy_budget=0.0025)),
         "budget=1.0": measure(calibration, test, replace(build, accuracy_budget=0.01)),
     }
-    return {"bundle": f"{manifest['name']}:{manifest['version']}", "labels": num_labels,
+    return {"bundle": manifest.model_id, "labels": num_labels,
             "test_samples": test.num_samples, "levers": levers}  # fmt: skip
 
 

@@ -9,6 +9,7 @@ the engine drains before the process exits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,22 +30,23 @@ from service.engine.row_ledger import RowLedger
 from service.engine.step_engine import EngineBudget, resolve_device
 from service.errors import error_response, install_error_handlers
 from service.metrics import ServiceMetrics
-from service.routes import caption, classify, operations, predict
+from service.routes import caption, classify, operations, predict, tei_info, tokenize
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-COUNTED_ROUTES = ("/v1/classify", "/predict", "/v1/caption", "/v1/models")
+COUNTED_ROUTES = ("/v1/classify", "/predict", "/", "/invocations", "/tokenize", "/info", "/v1/caption", "/v1/models")
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """A classification or a caption server, by the bundle's task: each gets its engine and its routes."""
-    manifest = read_manifest(resolve_bundle_dir(settings.bundle))
-    engine = build_engine(settings, str(manifest["task"]), int(manifest["num_layers"]))
+    manifest = read_manifest(resolve_bundle_dir(settings.bundle))  # read and verified once, here
+    engine = build_engine(settings, manifest.task, manifest.num_layers)
     metrics = engine.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(asyncio.to_thread(engine.load, settings.bundle, settings.torch_threads))
+        load = functools.partial(engine.load, settings.bundle, settings.torch_threads, manifest=manifest)
+        loading = asyncio.create_task(asyncio.to_thread(load))
         loading.add_done_callback(_log_load_failure)
         yield
         app.state.shutting_down = True
@@ -59,6 +61,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.manifest = manifest
     app.state.metrics = metrics
     app.state.engine = engine
     app.state.shutting_down = False
@@ -70,6 +73,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.state.classification = ClassificationService(engine, settings)
         app.include_router(classify.router)
         app.include_router(predict.router)
+        app.include_router(tokenize.router)
+        app.include_router(tei_info.router)
     app.include_router(operations.router)
     # Added last = outermost: requests rejected for their size are counted too.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
@@ -114,7 +119,9 @@ class RequestMetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in COUNTED_ROUTES:
+        # GET / is TEI's health probe, POST / its predict: only the latter is API traffic.
+        path = scope.get("path")
+        if scope["type"] != "http" or path not in COUNTED_ROUTES or (path == "/" and scope["method"] != "POST"):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

@@ -1,12 +1,14 @@
 """From an uploaded image to its caption: decode the file off the event loop, pick the policy, enqueue, await.
 
-The caption route only shapes requests and responses; this is where an image meets the caption engine.
+The caption route checks readiness once (the `ready_captioner` dependency) and only shapes requests and
+responses; this is where an image meets the caption engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 from fastapi import Request
 
@@ -23,37 +25,40 @@ from service.settings import ServerSettings
 
 
 class CaptionService:
+    """Owns the caption engine; `ready()` is the one readiness check a request makes."""
+
     def __init__(self, engine: CaptionEngine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings
 
-    @property
-    def bundle(self) -> LoadedCaptionBundle:
-        return self.ready_bundle()
-
-    def ready_bundle(self) -> LoadedCaptionBundle:
-        """The loaded bundle; 503 while the model is still loading."""
-        if self.engine.bundle is None or not self.engine.health().warmed_up:
+    def ready(self) -> ReadyCaptioner:
+        """The loaded, warmed-up captioner; 503 while it is still loading (before any image is decoded)."""
+        bundle = self.engine.bundle
+        if bundle is None or not self.engine.health().warmed_up:
             raise NotReadyError("the model is still loading; retry shortly")
-        return self.engine.bundle
+        return ReadyCaptioner(self, bundle)
 
-    def choose_policy(self, spec: PolicySpec | None) -> ChosenPolicy:
+
+@dataclass(frozen=True)
+class ReadyCaptioner:
+    service: CaptionService
+    bundle: LoadedCaptionBundle
+
+    def policy(self, spec: PolicySpec | None) -> ChosenPolicy:
         return choose_policy(self.bundle.manifest, self.bundle.policies, spec)
 
     async def caption(self, request: Request, image_bytes: bytes, chosen: ChosenPolicy) -> CaptionAnswer:
-        self.ready_bundle()  # 503 before any decoding while the model loads
-        self.engine.queue.check(1)  # shed (429) before decoding the image
-        image = await asyncio.to_thread(image_from_bytes, image_bytes, self.settings.max_image_pixels)
+        settings, engine = self.service.settings, self.service.engine
+        engine.queue.check(1)  # shed (429) before decoding the image
+        image = await asyncio.to_thread(image_from_bytes, image_bytes, settings.max_image_pixels)
         answers = RequestAnswers(asyncio.get_running_loop(), 1, CaptionAnswer)
         item = CaptionWorkItem(
             image=image,
             policy=chosen.policy,
             policy_name=chosen.name,
-            deadline=time.monotonic() + self.settings.request_timeout_s,
+            deadline=time.monotonic() + settings.request_timeout_s,
             on_done=answers.callback(0),
         )
-        self.engine.submit([item])
-        (answer,) = await answers.wait(
-            request, [item], self.settings.request_timeout_s, self.engine.notice_cancellation
-        )
+        engine.submit([item])
+        (answer,) = await answers.wait(request, [item], settings.request_timeout_s, engine.notice_cancellation)
         return answer

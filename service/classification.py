@@ -1,8 +1,11 @@
-"""From validated request to answered rows: tokenize off the event loop, pick each row's policy, enqueue, await.
+"""From a typed classification call to its typed outcome: tokenize off the event loop, enqueue, await.
 
-The HTTP routes only shape requests and responses; this module is where a request meets the engine. It never
-blocks the event loop: long inputs tokenize in a worker thread, the engine runs in its own thread, and the request
-waits on one future that its rows resolve as they leave.
+The request path has one shape (vLLM's api_router / serving split): a route checks readiness once (the
+`ready_classifier` dependency gives it a `ReadyClassifier`), translates the HTTP body into one `ClassifyCall`
+(inputs, the chosen policy, limits), makes one `classify` call, and translates the `ClassifyOutcome` back. Nothing
+here knows HTTP beyond the request it watches for a disconnect. It never blocks the event loop: long inputs
+tokenize in a worker thread, the engine runs in its own thread, and the call waits on one future that its rows
+resolve as they leave.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from service.errors import InputValidationError, NotReadyError, PayloadTooLargeE
 from service.policy_choice import ChosenPolicy, choose_policy
 from service.schemas import PolicySpec
 from service.settings import ServerSettings
-from service.text_encoder import TextEncoder
+from service.text_encoder import TextEncoder, TokenSpan
 
 INLINE_TOKENIZE_MAX_CHARS = 2000
 
@@ -34,46 +37,131 @@ class TextRow:
     pair: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClassifyCall:
+    """One classification request as the service runs it, built once by its route."""
+
+    rows: tuple[TextRow, ...]
+    policy: ChosenPolicy
+    max_layers: int | None = None  # no row runs deeper (None: the model's depth)
+    return_exits: bool = False  # every computed exit in each answer
+    truncate: bool = False  # cut inputs over the token limit instead of refusing them
+    truncation_side: str = "right"
+    wants_distribution: bool = False  # every label's probability and raw score, not only the top label
+
+
+@dataclass(frozen=True)
+class ClassifyOutcome:
+    """The call's answers in input order, with what TEI's response headers report."""
+
+    answers: tuple[ClassAnswer, ...]
+    characters: int  # of every text and pair
+    tokens: int  # every row's token ids, special tokens included
+    tokenization_s: float
+    queue_s: float  # mean per row: admission until it joined the engine
+    inference_s: float  # mean per row: joining the engine until it left
+
+    @property
+    def mean_exit_layer(self) -> float:
+        return sum(answer.exit_layer for answer in self.answers) / len(self.answers)
+
+
 class ClassificationService:
+    """Owns the engine and the text encoder; `ready()` is the one readiness check a request makes."""
+
     def __init__(self, engine: InferenceEngine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings
         self._text_encoder: TextEncoder | None = None  # made once the bundle is loaded
 
-    @property
-    def bundle(self) -> LoadedBundle:
-        if self.engine.bundle is None or not self.engine.health().warmed_up:
+    def ready(self) -> ReadyClassifier:
+        """The loaded, warmed-up model; 503 while it is still loading."""
+        bundle = self.engine.bundle
+        if bundle is None or not self.engine.health().warmed_up:
             raise NotReadyError("the model is still loading; retry shortly")
-        return self.engine.bundle
+        if self._text_encoder is None:
+            self._text_encoder = TextEncoder(bundle.tokenizer, self.settings.max_input_tokens or bundle.max_length)
+        return ReadyClassifier(self, bundle, self._text_encoder)
+
+
+@dataclass(frozen=True)
+class ReadyClassifier:
+    service: ClassificationService
+    bundle: LoadedBundle
+    text_encoder: TextEncoder
 
     @property
     def max_input_tokens(self) -> int:
-        return self.settings.max_input_tokens or self.bundle.max_length
+        return self.text_encoder.max_tokens
 
-    def choose_policy(self, spec: PolicySpec | None) -> ChosenPolicy:
+    def policy(self, spec: PolicySpec | None) -> ChosenPolicy:
         return choose_policy(self.bundle.manifest, self.bundle.policies, spec)
 
-    def check_rows(self, rows: Sequence[TextRow]) -> None:
-        if not rows:
-            raise InputValidationError("inputs is empty")
-        if len(rows) > self.settings.max_inputs_per_request:
-            raise PayloadTooLargeError(
-                f"{len(rows)} inputs in one request; the limit is {self.settings.max_inputs_per_request}"
+    def tokenize(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[TokenSpan]]:
+        """Every text's tokens with their spans, untruncated (TEI's /tokenize)."""
+        self._check_count(len(texts))
+        return self.text_encoder.spans(texts, add_special_tokens)
+
+    async def classify(self, call: ClassifyCall, request: Request) -> ClassifyOutcome:
+        self._check_rows(call)
+        settings, engine = self.service.settings, self.service.engine
+        engine.queue.check(len(call.rows))  # shed (429) before spending anything on the request
+        started = time.perf_counter()
+        if sum(len(row.text) + len(row.pair or "") for row in call.rows) <= INLINE_TOKENIZE_MAX_CHARS:
+            # A few short texts tokenize in ~0.1 ms: cheaper on the loop than a thread hand-off (~0.4 ms).
+            encoded = self._encode(call)
+        else:
+            encoded = await asyncio.to_thread(self._encode, call)
+        tokenization_s = time.perf_counter() - started
+        answers = RequestAnswers(asyncio.get_running_loop(), len(call.rows), ClassAnswer)
+        deadline = time.monotonic() + settings.request_timeout_s
+        items = [
+            WorkItem(
+                input_ids=input_ids,
+                token_type_ids=token_types,
+                policy=call.policy.policy,
+                policy_name=call.policy.name,
+                last_layer=call.max_layers or self.bundle.num_layers,
+                return_exits=call.return_exits,
+                wants_distribution=call.wants_distribution,
+                deadline=deadline,
+                on_done=answers.callback(row),
             )
-        for index, row in enumerate(rows):
+            for row, (input_ids, token_types) in enumerate(encoded)
+        ]
+        engine.submit(items)
+        results = await answers.wait(request, items, settings.request_timeout_s, engine.notice_cancellation)
+        left = time.monotonic()
+        return ClassifyOutcome(
+            answers=tuple(results),
+            characters=sum(len(row.text) + len(row.pair or "") for row in call.rows),
+            tokens=sum(len(item.input_ids) for item in items),
+            tokenization_s=tokenization_s,
+            queue_s=sum(item.joined_at - item.enqueued_at for item in items) / len(items),
+            inference_s=sum(left - item.joined_at for item in items) / len(items),
+        )
+
+    def _check_count(self, count: int) -> None:
+        if count == 0:
+            raise InputValidationError("inputs is empty")
+        limit = self.service.settings.max_inputs_per_request
+        if count > limit:
+            raise PayloadTooLargeError(f"{count} inputs in one request; the limit is {limit}")
+
+    def _check_rows(self, call: ClassifyCall) -> None:
+        self._check_count(len(call.rows))
+        for index, row in enumerate(call.rows):
             if not row.text.strip() or (row.pair is not None and not row.pair.strip()):
                 raise InputValidationError(f"inputs[{index}] is empty or whitespace")
+        depth = self.bundle.num_layers
+        if call.max_layers is not None and call.max_layers > depth:
+            raise InputValidationError(f"max_layers is {call.max_layers}; the model has {depth} layers")
 
-    @property
-    def text_encoder(self) -> TextEncoder:
-        if self._text_encoder is None:
-            self._text_encoder = TextEncoder(self.bundle.tokenizer, self.max_input_tokens)
-        return self._text_encoder
-
-    def _tokenize(self, rows: Sequence[TextRow], truncate: bool, side: str) -> list[tuple[list[int], list[int] | None]]:
+    def _encode(self, call: ClassifyCall) -> list[tuple[list[int], list[int] | None]]:
+        rows = call.rows
         texts = [row.text for row in rows]
         pairs = [row.pair or "" for row in rows] if any(row.pair is not None for row in rows) else None
-        encoded = self.text_encoder.encode(texts, pairs, truncate, side)
+        encoded = self.text_encoder.encode(texts, pairs, call.truncate, call.truncation_side)
         limit = self.max_input_tokens
         for index, (row_ids, _) in enumerate(encoded):
             if len(row_ids) > limit:
@@ -81,43 +169,3 @@ class ClassificationService:
                     f"inputs[{index}] is {len(row_ids)} tokens; the limit is {limit} (send truncate=true to cut it)"
                 )
         return encoded
-
-    async def classify(
-        self,
-        request: Request,
-        rows: Sequence[TextRow],
-        chosen: ChosenPolicy,
-        max_layers: int | None,
-        return_exits: bool,
-        truncate: bool,
-        truncation_side: str = "right",
-        wants_distribution: bool = False,
-    ) -> list[ClassAnswer]:
-        bundle = self.bundle
-        self.check_rows(rows)
-        if max_layers is not None and max_layers > bundle.num_layers:
-            raise InputValidationError(f"max_layers is {max_layers}; the model has {bundle.num_layers} layers")
-        self.engine.queue.check(len(rows))  # shed (429) before spending anything on the request
-        if sum(len(row.text) + len(row.pair or "") for row in rows) <= INLINE_TOKENIZE_MAX_CHARS:
-            # A few short texts tokenize in ~0.1 ms: cheaper on the loop than a thread hand-off (~0.4 ms).
-            encoded = self._tokenize(rows, truncate, truncation_side)
-        else:
-            encoded = await asyncio.to_thread(self._tokenize, rows, truncate, truncation_side)
-        answers = RequestAnswers(asyncio.get_running_loop(), len(rows), ClassAnswer)
-        deadline = time.monotonic() + self.settings.request_timeout_s
-        items = [
-            WorkItem(
-                input_ids=input_ids,
-                token_type_ids=token_types,
-                policy=chosen.policy,
-                policy_name=chosen.name,
-                last_layer=max_layers or bundle.num_layers,
-                return_exits=return_exits,
-                wants_distribution=wants_distribution,
-                deadline=deadline,
-                on_done=answers.callback(row),
-            )
-            for row, (input_ids, token_types) in enumerate(encoded)
-        ]
-        self.engine.submit(items)
-        return await answers.wait(request, items, self.settings.request_timeout_s, self.engine.notice_cancellation)

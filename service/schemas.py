@@ -140,14 +140,87 @@ class Prediction(BaseModel):
     score: float
 
 
+class InferenceParameters(BaseModel):
+    """The Hugging Face Inference API's text-classification parameters (what huggingface_hub's
+    `InferenceClient.text_classification` sends); TEI itself has none."""
+
+    top_k: int | None = Field(None, ge=1, description="only the k best labels")
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
+        None, description="scores from the logits: softmax (default), sigmoid, or none (the logits)"
+    )
+
+
 class PredictRequest(BaseModel):
-    """text-embeddings-inference's classification request: `inputs` is a text, a [text, pair] pair, or a batch
-    of [text] / [text, pair] lists. Served with the bundle's calibrated BEEM-A."""
+    """text-embeddings-inference's classification request (router/src/http/types.rs `PredictRequest`): `inputs`
+    is a text, a [text, pair] pair, or a batch of [text] / [text, pair] lists; unknown keys are ignored, as TEI
+    ignores them. Served with the bundle's calibrated default policy."""
 
     inputs: PredictInputs = Field(description=PREDICT_INPUTS_SHAPE)
     truncate: StrictBool | None = False
     truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
     raw_scores: StrictBool = False
+    parameters: InferenceParameters | None = Field(
+        None, description="the Inference API's form (routes/predict.py): top_k, function_to_apply, nested answer"
+    )
+
+
+class TokenizeRequest(BaseModel):
+    """TEI's /tokenize request (types.rs `TokenizeRequest`)."""
+
+    inputs: Text | list[Text] = Field(description="a text or a list of texts")
+    add_special_tokens: StrictBool = True
+    prompt_name: Text | None = Field(None, description="TEI's prompts; this server has none (422 if set)")
+
+
+class SimpleToken(BaseModel):
+    """TEI's token (types.rs `SimpleToken`): start and stop are UTF-8 byte offsets, null for special tokens."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+class ClassifierModel(BaseModel):
+    id2label: dict[str, str]
+    label2id: dict[str, int]
+
+
+class ModelType(BaseModel):
+    classifier: ClassifierModel
+
+
+class EarlyExitInfo(BaseModel):
+    """What TEI's Info does not have: the early-exit model behind the classifier."""
+
+    bundle: str = Field(description="bundle name:version")
+    num_layers: int
+    default_policy: str
+    policies: list[str]
+    backbone: str
+    engine_path: str = Field(description="'device' or 'host' (service/engine/device_engine.py)")
+
+
+class InfoResponse(BaseModel):
+    """TEI's GET /info (router/src/lib.rs `Info`), with `early_exit` added."""
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    served_model_name: str
+    model_type: ModelType
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None
+    docker_label: str | None
+    early_exit: EarlyExitInfo
 
 
 class ErrorBody(BaseModel):

@@ -9,11 +9,25 @@ once, so encoding is one call, thread-safe (the backend encodes through a shared
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tokenizers import Encoding, Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 SIDES = ("right", "left")
+
+
+@dataclass(frozen=True)
+class TokenSpan:
+    """One token as TEI's /tokenize reports it (router/src/http/types.rs `SimpleToken`): its id; the text it
+    covers (the token itself for a special token); and, for tokens from the text, the UTF-8 byte offsets
+    [start, stop) of that text, as TEI's Rust tokenizer gives them."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
 
 
 class TextEncoder:
@@ -41,6 +55,25 @@ class TextEncoder:
             backend.encode_batch(inputs) if len(inputs) > 1 else [backend.encode(*_one(inputs[0]))]
         )
         return [(e.ids, e.type_ids if self.with_token_types else None) for e in encodings]
+
+    def spans(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[TokenSpan]]:
+        """Every text's tokens, untruncated, with what each covers."""
+        encodings: list[Encoding] = self._whole.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return [_spans(text, encoding) for text, encoding in zip(texts, encodings, strict=True)]
+
+
+def _spans(text: str, encoding: Encoding) -> list[TokenSpan]:
+    spans = []
+    for token_id, token, (start, stop), special in zip(
+        encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask, strict=True
+    ):
+        if special:
+            spans.append(TokenSpan(token_id, token, True, None, None))
+        else:  # the Python binding's offsets count characters; TEI's count UTF-8 bytes
+            covered = text[start:stop]
+            byte_start = len(text[:start].encode())
+            spans.append(TokenSpan(token_id, covered, False, byte_start, byte_start + len(covered.encode())))
+    return spans
 
 
 def _copy(backend: Tokenizer) -> Tokenizer:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from beem.bundle.manifest import TOKENIZER_DIR, WEIGHTS_FILE, BundleError, read_manifest, resolve_bundle_dir
+from beem.bundle.manifest import (
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    BundleError,
+    Manifest,
+    read_manifest,
+    resolve_bundle_dir,
+)
 from beem.model.exit_heads import ExitHeadSpec
 from beem.model.multi_exit_model import MultiExitModel
 from beem.policies.exit_policies import ExitPolicy
@@ -21,48 +27,51 @@ from beem.policies.policy_table import PolicyParameterError, build_policy
 class ManifestFields:
     """What every loaded bundle (any task) reads from its manifest."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def num_layers(self) -> int:
-        return int(self.manifest["num_layers"])
+        return self.manifest.num_layers
 
     @property
     def max_length(self) -> int:
         """Classification: tokens per input. Captioning: most tokens per generated caption, <end> included."""
-        return int(self.manifest["max_length"])
+        return self.manifest.max_length
 
 
 @dataclass(frozen=True)
 class LoadedBundle(ManifestFields):
     directory: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     model: MultiExitModel
     tokenizer: PreTrainedTokenizerBase
-    policies: dict[str, ExitPolicy]  # calibrated, by name
+    policies: dict[str, ExitPolicy]  # calibrated, by name: built once, at load
 
     @property
-    def labels(self) -> list[str]:
-        return list(self.manifest["labels"])
+    def labels(self) -> tuple[str, ...]:
+        return self.manifest.labels
 
 
-def load_bundle(path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedBundle:
-    """Verify and load; raises BundleError naming the file and the problem."""
+def load_bundle(
+    path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32, manifest: Manifest | None = None
+) -> LoadedBundle:
+    """Verify and load; raises BundleError naming the file and the problem. `manifest`: the bundle's, already
+    read and verified by the caller (the server reads it once, at start-up)."""
     bundle_dir = resolve_bundle_dir(path)
-    manifest = read_manifest(bundle_dir)
-    if manifest["task"] != "classification":
-        raise BundleError(bundle_dir / "manifest.json", f"a {manifest['task']} bundle, not a classifier")
+    manifest = manifest or read_manifest(bundle_dir)
+    if manifest.task != "classification":
+        raise BundleError(manifest.path, f"a {manifest.task} bundle, not a classifier")
     try:
-        head_spec = ExitHeadSpec(**manifest["exit_heads"])
-        model = MultiExitModel.from_config(manifest["backbone"]["config"], head_spec)
+        head_spec = ExitHeadSpec(**manifest.raw["exit_heads"])
+        model = MultiExitModel.from_config(manifest.backbone["config"], head_spec)
     except (TypeError, ValueError, KeyError) as error:
         raise BundleError(bundle_dir / "manifest.json", f"cannot build the model it describes ({error})") from error
     try:
@@ -78,13 +87,15 @@ def load_bundle(path: Path, device: str = "cpu", dtype: torch.dtype = torch.floa
         )
     model.to(device=device, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(bundle_dir / TOKENIZER_DIR), local_files_only=True)
-    return LoadedBundle(bundle_dir, manifest, model, tokenizer, calibrated_policies(bundle_dir, manifest))
+    return LoadedBundle(bundle_dir, manifest, model, tokenizer, calibrated_policies(manifest))
 
 
-def calibrated_policies(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, ExitPolicy]:
+def calibrated_policies(manifest: Manifest) -> dict[str, ExitPolicy]:
     """The manifest's policies with their calibrated parameters (any task)."""
-    num_layers = int(manifest["num_layers"])
     try:
-        return {name: build_policy(name, entry["params"], num_layers) for name, entry in manifest["policies"].items()}
+        return {
+            name: build_policy(name, dict(entry.params), manifest.num_layers)
+            for name, entry in manifest.policies.items()
+        }
     except (PolicyParameterError, KeyError, TypeError) as error:
-        raise BundleError(bundle_dir / "manifest.json", f"invalid calibrated policy ({error})") from error
+        raise BundleError(manifest.path, f"invalid calibrated policy ({error})") from error

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +64,104 @@ def bundle_files(bundle_dir: Path) -> dict[str, str]:
     }
 
 
-def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PolicyRecord:
+    """One calibrated policy in the manifest: its parameters (named as the policy table names them) and its
+    headline numbers (accuracy, mean_exit_layer, layer_speedup) on the calibration and test splits."""
+
+    params: Mapping[str, Any]
+    calibration: Mapping[str, float]
+    test: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json, read and checked once: what serving reads is typed; what only reports and the builder's
+    provenance read (backbone config, exit heads, decoder, training, data) stays as the JSON objects it is."""
+
+    path: Path
+    name: str
+    version: str
+    task: str  # a key of TASK_KEYS
+    created_at: str | None
+    backbone: Mapping[str, Any]  # name, origin, model_type, config
+    num_layers: int
+    max_length: int  # classification: tokens per input; captioning: tokens per caption, <end> included
+    weights_dtype: str
+    default_policy: str
+    policies: Mapping[str, PolicyRecord]
+    labels: tuple[str, ...]  # classification; () for a captioner
+    calibration: Mapping[str, Any]
+    training: Mapping[str, Any]
+    data: Mapping[str, Any]
+    raw: Mapping[str, Any]  # the whole JSON object, for the task's own loader (exit heads, encoder, decoder)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @classmethod
+    def from_json(cls, path: Path, raw: Mapping[str, Any]) -> Manifest:
+        """Raises BundleError naming the key whose value is missing or of the wrong type."""
+
+        def field(key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+            value = raw.get(key, default)
+            if value is ... or not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+                raise BundleError(path, f"{key!r} must be {_kind_name(kind)}, got {value!r:.80}")
+            return value
+
+        num_layers, max_length = field("num_layers", int), field("max_length", int)
+        if num_layers < 1 or max_length < 1:
+            raise BundleError(path, "'num_layers' and 'max_length' must be positive")
+        policies = {name: _policy_record(path, name, entry) for name, entry in field("policies", dict).items()}
+        default_policy = field("default_policy", str)
+        if default_policy not in policies:
+            raise BundleError(path, f"default_policy {default_policy!r} is not among its policies {list(policies)}")
+        labels = tuple(field("labels", list, []))
+        if not all(isinstance(label, str) for label in labels):
+            raise BundleError(path, "'labels' must be a list of strings")
+        if raw["task"] == "classification" and len(labels) < 2:
+            raise BundleError(path, "a classifier needs at least two labels")
+        weights = field("weights", dict)
+        return cls(
+            path=path,
+            name=field("name", str),
+            version=str(field("version", (str, int))),
+            task=field("task", str),
+            created_at=field("created_at", (str, type(None)), None),
+            backbone=field("backbone", dict),
+            num_layers=num_layers,
+            max_length=max_length,
+            weights_dtype=str(weights.get("dtype", "float32")),
+            default_policy=default_policy,
+            policies=policies,
+            labels=labels,
+            calibration=field("calibration", dict, {}),
+            training=field("training", dict, {}),
+            data=field("data", dict, {}),
+            raw=raw,
+        )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", dict: "an object", list: "a list", type(None): "null"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _policy_record(path: Path, name: str, entry: Any) -> PolicyRecord:
+    if not isinstance(entry, dict) or not isinstance(entry.get("params"), dict):
+        raise BundleError(path, f"policy {name!r} must be an object with a 'params' object")
+    return PolicyRecord(entry["params"], entry.get("calibration") or {}, entry.get("test") or {})
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
     """Parse and check the manifest, then every listed file's checksum. Raises BundleError."""
+    return Manifest.from_json(bundle_dir / MANIFEST_FILE, verified_manifest_json(bundle_dir))
+
+
+def verified_manifest_json(bundle_dir: Path) -> dict[str, Any]:
+    """The manifest's JSON object once its schema version, task, keys and every file's checksum are checked."""
     manifest_path = bundle_dir / MANIFEST_FILE
     if not bundle_dir.is_dir():
         raise BundleError(bundle_dir, "no such bundle directory")

@@ -22,10 +22,10 @@ from beem.bundle.bundle_reader import ManifestFields, calibrated_policies
 from beem.bundle.bundle_writer import write_bundle
 from beem.bundle.manifest import (
     CALIBRATION_FILE,
-    MANIFEST_FILE,
     VOCABULARY_FILE,
     WEIGHTS_FILE,
     BundleError,
+    Manifest,
     read_manifest,
     resolve_bundle_dir,
 )
@@ -39,7 +39,7 @@ from beem.policies.exit_policies import ExitPolicy
 @dataclass(frozen=True)
 class LoadedCaptionBundle(ManifestFields):
     directory: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     captioner: MultiExitCaptioner
     vocabulary: CaptionVocabulary
     policies: dict[str, ExitPolicy]  # calibrated, by name
@@ -93,16 +93,19 @@ def _load_state(captioner: MultiExitCaptioner, state: dict[str, torch.Tensor]) -
     return problems + list(result.missing_keys) + list(result.unexpected_keys)
 
 
-def load_caption_bundle(path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedCaptionBundle:
-    """Verify and load; raises BundleError naming the file and the problem."""
+def load_caption_bundle(
+    path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32, manifest: Manifest | None = None
+) -> LoadedCaptionBundle:
+    """Verify and load; raises BundleError naming the file and the problem. `manifest`: already read and
+    verified by the caller."""
     bundle_dir = resolve_bundle_dir(path)
-    manifest = read_manifest(bundle_dir)
-    manifest_path = bundle_dir / MANIFEST_FILE
-    if manifest["task"] != "caption":
-        raise BundleError(manifest_path, f"a {manifest['task']} bundle, not a captioner")
+    manifest = manifest or read_manifest(bundle_dir)
+    manifest_path = manifest.path
+    if manifest.task != "caption":
+        raise BundleError(manifest_path, f"a {manifest.task} bundle, not a captioner")
     try:
-        encoder = build_encoder(str(manifest["encoder"]["name"]))
-        decoder = MultiExitDecoder(DecoderSpec(**manifest["decoder"]))
+        encoder = build_encoder(str(manifest.raw["encoder"]["name"]))
+        decoder = MultiExitDecoder(DecoderSpec(**manifest.raw["decoder"]))
     except (TypeError, ValueError, KeyError) as error:
         raise BundleError(manifest_path, f"cannot build the captioner it describes ({error})") from error
     captioner = MultiExitCaptioner(encoder, decoder)
@@ -122,4 +125,4 @@ def load_caption_bundle(path: Path, device: str = "cpu", dtype: torch.dtype = to
         raise BundleError(
             bundle_dir / VOCABULARY_FILE, f"{vocabulary.size} words, the decoder has {decoder.spec.vocab_size}"
         )
-    return LoadedCaptionBundle(bundle_dir, manifest, captioner, vocabulary, calibrated_policies(bundle_dir, manifest))
+    return LoadedCaptionBundle(bundle_dir, manifest, captioner, vocabulary, calibrated_policies(manifest))

@@ -170,6 +170,7 @@ class AdmissionQueue(Generic[ItemT]):
                 longest = wider
             self._publish()
         for item in taken:
+            item.joined_at = now
             self.metrics.queue_wait.observe(now - item.enqueued_at)
         return taken
 

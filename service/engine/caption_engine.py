@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from beem.bundle.manifest import Manifest
 from beem.captioning.caption_bundle import LoadedCaptionBundle, load_caption_bundle
 from beem.captioning.caption_rows import CaptionRows
 from beem.captioning.captioner import IMAGE_SIZE
@@ -39,8 +40,8 @@ class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
     _deadlines: np.ndarray = np.empty(0, dtype=np.float64)  # (R,)
     _cancellations_seen = 0
 
-    def _load_bundle(self, bundle_path: Path) -> LoadedCaptionBundle:
-        bundle = load_caption_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
+    def _load_bundle(self, bundle_path: Path, manifest: Manifest | None) -> LoadedCaptionBundle:
+        bundle = load_caption_bundle(bundle_path, device=str(self.device), dtype=self.dtype, manifest=manifest)
         vocabulary = bundle.vocabulary
         self._rows = CaptionRows(bundle.captioner.decoder, vocabulary.start_id, vocabulary.end_id, bundle.max_length)
         return bundle

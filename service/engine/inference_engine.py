@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from beem.bundle.bundle_reader import LoadedBundle, load_bundle
+from beem.bundle.manifest import Manifest
 from beem.policies.array_policies import ExitObservations, RowPolicies, RowStates, decide
 from beem.policies.exit_policies import ExitPolicy
 from beem.policies.policy_table import RULE_OF_CLASS
@@ -45,8 +46,8 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
         self._policy_row_cache: dict[tuple[ExitPolicy, int], RowPolicies] = {}
         self._layer_batch_size: dict[int, Any] = {}  # per layer, the labelled histogram (looked up once)
 
-    def _load_bundle(self, bundle_path: Path) -> LoadedBundle:
-        bundle = load_bundle(bundle_path, device=str(self.device), dtype=self.dtype)
+    def _load_bundle(self, bundle_path: Path, manifest: Manifest | None) -> LoadedBundle:
+        bundle = load_bundle(bundle_path, device=str(self.device), dtype=self.dtype, manifest=manifest)
         self._layer_batch_size = {
             layer: self.metrics.layer_batch_size.labels(str(layer)) for layer in range(1, bundle.num_layers + 1)
         }

@@ -24,6 +24,7 @@ from typing import ClassVar, Generic, TypeVar
 import torch
 
 from beem.bundle.bundle_reader import ManifestFields
+from beem.bundle.manifest import Manifest
 from service.engine.admission_queue import AdmissionQueue
 from service.engine.drain_rate import DrainRate
 from service.engine.group_selection import GROUP_SELECTION_RULES
@@ -101,7 +102,7 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
     # -- what each engine says -------------------------------------------------------------------------------
 
     @abstractmethod
-    def _load_bundle(self, bundle_path: Path) -> BundleT: ...
+    def _load_bundle(self, bundle_path: Path, manifest: Manifest | None) -> BundleT: ...
 
     @abstractmethod
     def _warm_up(self) -> None:
@@ -147,9 +148,16 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
-    def load(self, bundle_path: Path, torch_threads: int | None, start_worker: bool = True) -> None:
+    def load(
+        self,
+        bundle_path: Path,
+        torch_threads: int | None,
+        start_worker: bool = True,
+        manifest: Manifest | None = None,
+    ) -> None:
         """Load and warm up in the engine thread, which then serves (unless `start_worker` is False: then here, and
-        benchmarks call `run_until_idle` in this thread). Blocking: call it off the event loop.
+        benchmarks call `run_until_idle` in this thread). Blocking: call it off the event loop. `manifest`: the
+        bundle's, when the caller has read and verified it already (the server, at start-up).
 
         Every torch op of the process runs in that one thread, loading included. Why: each thread that runs a
         parallel torch op gets an OpenMP thread pool of its own, and once libgomp manages more threads than there
@@ -157,17 +165,17 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         pays a futex wake-up. Measured on the 2-core CPU: a MiniLM forward at batch 1 took 6.4 ms when one thread
         did everything, 8.2-9.2 ms in a thread after another thread had loaded the model."""
         if not start_worker:
-            self._load_and_warm_up(bundle_path, torch_threads)
+            self._load_and_warm_up(bundle_path, torch_threads, manifest)
             return
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(bundle_path, torch_threads, ready),
+        self._thread = threading.Thread(target=self._run, args=(bundle_path, torch_threads, ready, manifest),
                                         name="beem-engine", daemon=True)  # fmt: skip
         self._thread.start()
         ready.wait()
         if self._error is not None:
             raise RuntimeError(self._error)
 
-    def _load_and_warm_up(self, bundle_path: Path, torch_threads: int | None) -> None:
+    def _load_and_warm_up(self, bundle_path: Path, torch_threads: int | None, manifest: Manifest | None) -> None:
         try:
             if torch_threads:
                 torch.set_num_threads(torch_threads)
@@ -176,7 +184,7 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
                 # new shapes all the time (groups merge and shrink, captions grow a token per step): on an H100 a
                 # batch of captions took seconds in plan building. Flash / memory-efficient kernels do not.
                 torch.backends.cuda.enable_cudnn_sdp(False)
-            self.bundle = self._load_bundle(bundle_path)
+            self.bundle = self._load_bundle(bundle_path, manifest)
             self.metrics.model_info.labels(self.bundle.name, self.bundle.version, self.task).set(1)
         except Exception as error:
             self._error = f"{type(error).__name__}: {error}"
@@ -216,9 +224,11 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
 
     # -- the loop ---------------------------------------------------------------------------------------------
 
-    def _run(self, bundle_path: Path, torch_threads: int | None, ready: threading.Event) -> None:
+    def _run(
+        self, bundle_path: Path, torch_threads: int | None, ready: threading.Event, manifest: Manifest | None
+    ) -> None:
         try:
-            self._load_and_warm_up(bundle_path, torch_threads)
+            self._load_and_warm_up(bundle_path, torch_threads, manifest)
         except Exception:
             return  # `load` raises the error in its caller's thread
         finally:

@@ -21,7 +21,8 @@ class QueuedRow:
     policy_name: str
     deadline: float  # time.monotonic() after which the answer is useless
     on_done: Callable[[RowOutcome], None]  # thread-safe: hands the outcome to the request's event loop
-    enqueued_at: float = 0.0
+    enqueued_at: float = 0.0  # time.monotonic() when admitted
+    joined_at: float = 0.0  # when it left the queue for the engine (TEI's x-queue-time ends here)
     cancelled: bool = False
     cancelled_as: RowFate = RowFate.CLIENT_GONE  # why: the client left, or a sibling row failed the request
     settled: bool = False  # it has left and been counted (RowLedger): nothing may count or answer it again

@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 
 from service.errors import InputValidationError, UnsupportedMediaError
 from service.image_input import decode_base64
-from service.routes.dependencies import Captioning, require_api_key
+from service.routes.dependencies import Captioner, require_api_key
 from service.schemas import POLICY_SPEC, CaptionRequest, CaptionResponse, ErrorBody, PolicySpec
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -60,7 +60,7 @@ async def _json(request: Request) -> tuple[bytes, PolicySpec | None]:
 
 
 @router.post("/v1/caption", response_model=CaptionResponse, responses=ERRORS, openapi_extra=OPENAPI_BODIES)  # type: ignore[arg-type]
-async def caption(request: Request, service: Captioning) -> CaptionResponse:
+async def caption(request: Request, captioner: Captioner) -> CaptionResponse:
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         image_bytes, spec = await _multipart(request)
@@ -71,13 +71,13 @@ async def caption(request: Request, service: Captioning) -> CaptionResponse:
             f"content-type {content_type or '(none)'}: send multipart/form-data with an {IMAGE_FIELD!r} file, or "
             "application/json with a base64 'image'"
         )
-    chosen = service.choose_policy(spec)
+    chosen = captioner.policy(spec)
     request.state.policy = chosen.name
-    outcome = await service.caption(request, image_bytes, chosen)
-    bundle = service.bundle
+    outcome = await captioner.caption(request, image_bytes, chosen)
+    bundle = captioner.bundle
     vocabulary = bundle.vocabulary
     return CaptionResponse(
-        model=f"{bundle.name}:{bundle.version}",
+        model=bundle.manifest.model_id,
         caption=vocabulary.decode(outcome.tokens),
         tokens=[vocabulary.words[token] for token in outcome.tokens],
         token_exit_layers=list(outcome.exit_layers),

@@ -4,44 +4,40 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from service.classification import TextRow
-from service.routes.dependencies import Classification, require_api_key
+from service.classification import ClassifyCall, TextRow
+from service.routes.dependencies import Classifier, require_api_key
 from service.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, ErrorBody, ExitInfo
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 422, 429, 503, 504)}
 
 
-def rows_of(inputs: str | list[str] | list[tuple[str, str]]) -> list[TextRow]:
+def rows_of(inputs: str | list[str] | list[tuple[str, str]]) -> tuple[TextRow, ...]:
     if isinstance(inputs, str):
-        return [TextRow(inputs)]
-    return [TextRow(item) if isinstance(item, str) else TextRow(item[0], item[1]) for item in inputs]
+        return (TextRow(inputs),)
+    return tuple(TextRow(item) if isinstance(item, str) else TextRow(item[0], item[1]) for item in inputs)
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS)  # type: ignore[arg-type]
-async def classify(body: ClassifyRequest, request: Request, service: Classification) -> ClassifyResponse:
-    chosen = service.choose_policy(body.policy)
+async def classify(body: ClassifyRequest, request: Request, classifier: Classifier) -> ClassifyResponse:
+    chosen = classifier.policy(body.policy)
     request.state.policy = chosen.name
-    outcomes = await service.classify(
-        request, rows_of(body.inputs), chosen, body.max_layers, body.return_exits, body.truncate
-    )
-    bundle = service.bundle
+    call = ClassifyCall(rows=rows_of(body.inputs), policy=chosen, max_layers=body.max_layers,
+                        return_exits=body.return_exits, truncate=body.truncate)  # fmt: skip
+    outcome = await classifier.classify(call, request)
+    bundle = classifier.bundle
     labels = bundle.labels
     results = [
         ClassifyResult(
-            label=labels[outcome.label],
-            score=outcome.score,
-            exit_layer=outcome.exit_layer,
+            label=labels[answer.label],
+            score=answer.score,
+            exit_layer=answer.exit_layer,
             num_layers=bundle.num_layers,
             policy=chosen.name,
-            exits=[ExitInfo(layer=t.layer, label=labels[t.label], confidence=t.confidence) for t in outcome.exits]
+            exits=[ExitInfo(layer=t.layer, label=labels[t.label], confidence=t.confidence) for t in answer.exits]
             if body.return_exits
             else None,
         )
-        for outcome in outcomes
+        for answer in outcome.answers
     ]
-    return ClassifyResponse(
-        model=f"{bundle.name}:{bundle.version}",
-        results=results,
-        mean_exit_layer=sum(r.exit_layer for r in results) / len(results),
-    )
+    return ClassifyResponse(model=bundle.manifest.model_id, results=results, mean_exit_layer=outcome.mean_exit_layer)

@@ -1,6 +1,7 @@
-"""Per-request dependencies: the task's service on app.state, and the optional API key.
+"""Per-request dependencies: the task's model once it is ready (the one readiness check of a request), and the
+optional API key.
 
-Both are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread pool, a thread hand-off per
+All are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread pool, a thread hand-off per
 request that cost more than the check itself."""
 
 from __future__ import annotations
@@ -10,19 +11,20 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.captioning import CaptionService
-from service.classification import ClassificationService
+from service.captioning import CaptionService, ReadyCaptioner
+from service.classification import ClassificationService, ReadyClassifier
 from service.errors import UnauthorizedError
 
 
-async def classification_service(request: Request) -> ClassificationService:
+async def ready_classifier(request: Request) -> ReadyClassifier:
+    """503 while the model loads; afterwards the loaded model the whole request uses."""
     service: ClassificationService = request.app.state.classification
-    return service
+    return service.ready()
 
 
-async def caption_service(request: Request) -> CaptionService:
+async def ready_captioner(request: Request) -> ReadyCaptioner:
     service: CaptionService = request.app.state.captioning
-    return service
+    return service.ready()
 
 
 async def require_api_key(request: Request) -> None:
@@ -38,5 +40,5 @@ async def require_api_key(request: Request) -> None:
         raise UnauthorizedError("missing or wrong API key")
 
 
-Classification = Annotated[ClassificationService, Depends(classification_service)]
-Captioning = Annotated[CaptionService, Depends(caption_service)]
+Classifier = Annotated[ReadyClassifier, Depends(ready_classifier)]
+Captioner = Annotated[ReadyCaptioner, Depends(ready_captioner)]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from beem.bundle.manifest import Manifest
 from service.errors import NotReadyError
 from service.routes.dependencies import require_api_key
 
@@ -41,21 +42,22 @@ async def models(request: Request) -> dict[str, Any]:
     engine = request.app.state.engine
     if engine.bundle is None or not engine.health().warmed_up:
         raise NotReadyError("the model is still loading; retry shortly")
-    manifest = engine.bundle.manifest
+    manifest: Manifest = engine.bundle.manifest
     return {
         "data": [{
-            "id": f"{manifest['name']}:{manifest['version']}",
-            "name": manifest["name"],
-            "version": manifest["version"],
-            "task": manifest["task"],
-            "created_at": manifest.get("created_at"),
-            "backbone": {key: manifest["backbone"].get(key) for key in ("name", "origin", "model_type")},
-            "num_layers": manifest["num_layers"],
-            "labels": manifest.get("labels"),
-            "max_length": manifest["max_length"],
-            "default_policy": manifest["default_policy"],
-            "calibration": manifest.get("calibration"),
-            "policies": manifest["policies"],
-            "data": manifest.get("data"),
+            "id": manifest.model_id,
+            "name": manifest.name,
+            "version": manifest.version,
+            "task": manifest.task,
+            "created_at": manifest.created_at,
+            "backbone": {key: manifest.backbone.get(key) for key in ("name", "origin", "model_type")},
+            "num_layers": manifest.num_layers,
+            "labels": list(manifest.labels) if manifest.task == "classification" else None,
+            "max_length": manifest.max_length,
+            "default_policy": manifest.default_policy,
+            "calibration": manifest.calibration or None,
+            "policies": {name: {"params": record.params, "calibration": record.calibration, "test": record.test}
+                         for name, record in manifest.policies.items()},
+            "data": manifest.data or None,
         }]
     }  # fmt: skip

@@ -25,15 +25,15 @@ ALL_POLICIES = {"beem-a", "beem-c", "max-prob", "entropy", "patience", "static",
 
 def test_the_builder_writes_a_verified_caption_bundle(tiny_caption_bundle_dir: Path) -> None:
     manifest = read_manifest(tiny_caption_bundle_dir)  # checks every file's sha256
-    assert manifest["task"] == "caption"
-    assert manifest["encoder"]["name"] == "tiny-cnn"
-    assert manifest["decoder"]["num_layers"] == manifest["num_layers"] == 3
-    assert set(manifest["policies"]) == ALL_POLICIES
-    assert manifest["default_policy"] == "beem-a"
+    assert manifest.task == "caption"
+    assert manifest.raw["encoder"]["name"] == "tiny-cnn"
+    assert manifest.raw["decoder"]["num_layers"] == manifest.num_layers == 3
+    assert set(manifest.policies) == ALL_POLICIES
+    assert manifest.default_policy == "beem-a"
     assert {"model.safetensors", "vocabulary.json", "calibration.json", "calibration_exits.safetensors",
-            "test_evaluation.json", "report.md", "report.png"} <= set(manifest["files"])  # fmt: skip
-    assert manifest["data"]["kind"] == "fashion-mnist-scenes"
-    assert sum(manifest["data"]["split_sizes"].values()) == manifest["data"]["num_images"] == 40
+            "test_evaluation.json", "report.md", "report.png"} <= set(manifest.raw["files"])  # fmt: skip
+    assert manifest.data["kind"] == "fashion-mnist-scenes"
+    assert sum(manifest.data["split_sizes"].values()) == manifest.data["num_images"] == 40
     test = json.loads((tiny_caption_bundle_dir / "test_evaluation.json").read_text())
     for name, entry in test["policies"].items():
         assert 0 <= entry["bleu4"] <= 100 and entry["cider"] >= 0, name
@@ -41,7 +41,7 @@ def test_the_builder_writes_a_verified_caption_bundle(tiny_caption_bundle_dir: P
             3 / entry["mean_exit_layer"]
         )
         assert entry["decoder_ms_per_caption"] > 0
-        assert manifest["policies"][name]["test"]["bleu4"] == entry["bleu4"]
+        assert manifest.policies[name].test["bleu4"] == entry["bleu4"]
     assert test["policies"]["full"]["mean_exit_layer"] == 3
     assert "BLEU-4" in (tiny_caption_bundle_dir / "report.md").read_text()
 
@@ -50,7 +50,7 @@ def test_loaded_bundle_reproduces_the_calibration_cache(tiny_caption_bundle_dir:
                                                         tmp_path: Path) -> None:  # fmt: skip
     """Calibration ran on the weights as stored: the loaded bundle gives the same teacher-forced exits."""
     bundle = load_caption_bundle(tiny_caption_bundle_dir)
-    source = source_from_provenance(bundle.manifest["data"], None, None, str(fake_fashion_mnist_dir))
+    source = source_from_provenance(dict(bundle.manifest.data), None, None, str(fake_fashion_mnist_dir))
     items = load_caption_items(source, tmp_path)
     calibration = [items[i] for i in split_images(len(items), source.split_fractions, source.split_seed)["calibration"]]
     features = encode_image_files(bundle.captioner, [item.path for item in calibration])

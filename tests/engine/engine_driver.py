@@ -31,7 +31,7 @@ def loaded_engine(bundle_dir: Path, **settings: object) -> InferenceEngine:
     loaded machine (CI beside a build) a slow drain rate made the default 500 ms shed test rows."""
     settings.setdefault("max_queue_wait_ms", 1e9)
     manifest = read_manifest(resolve_bundle_dir(bundle_dir))
-    engine = build_engine(ServerSettings(bundle=bundle_dir, **settings), "classification", int(manifest["num_layers"]))
+    engine = build_engine(ServerSettings(bundle=bundle_dir, **settings), "classification", manifest.num_layers)
     assert isinstance(engine, InferenceEngine)
     engine.load(bundle_dir, None, start_worker=False)
     return engine

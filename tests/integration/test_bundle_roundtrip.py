@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,15 @@ import torch
 from safetensors.torch import load_file
 
 from beem.bundle.bundle_reader import load_bundle
-from beem.bundle.manifest import MANIFEST_FILE, SCHEMA_VERSION, WEIGHTS_FILE, sha256_of
+from beem.bundle.manifest import (
+    MANIFEST_FILE,
+    SCHEMA_VERSION,
+    WEIGHTS_FILE,
+    BundleError,
+    Manifest,
+    read_manifest,
+    sha256_of,
+)
 from beem.calibration.exit_cache import ExitCache, compute_exit_cache
 from beem.calibration.threshold_search import exit_layers_at, score_trajectories
 from beem.data.examples import read_dataset
@@ -105,3 +114,36 @@ def _edit_manifest(directory: Path, **changes: object) -> None:
     manifest = _manifest(directory)
     manifest.update(changes)
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"num_layers": "3"}, "'num_layers' must be an integer"),
+        ({"num_layers": True}, "'num_layers' must be an integer"),
+        ({"max_length": 0}, "must be positive"),
+        ({"labels": ["negative"]}, "at least two labels"),
+        ({"labels": ["negative", 1]}, "list of strings"),
+        ({"default_policy": "fastest"}, "default_policy 'fastest' is not among its policies"),
+        ({"policies": {"full": {"calibration": {}}}}, "policy 'full' must be an object with a 'params' object"),
+        ({"name": None}, "'name' must be a string"),
+    ],
+)
+def test_a_manifest_with_a_wrong_field_is_refused_by_name(
+    tiny_bundle_dir: Path, tmp_path: Path, change: dict[str, object], says: str
+) -> None:
+    """Read once, typed once: a field of the wrong type stops loading with the key named, not a KeyError later."""
+    raw = {**json.loads((tiny_bundle_dir / MANIFEST_FILE).read_text()), **change}
+    with pytest.raises(BundleError, match=re.escape(says)):
+        Manifest.from_json(tiny_bundle_dir / MANIFEST_FILE, raw)
+
+
+def test_the_typed_manifest_reads_what_the_builder_wrote(tiny_bundle_dir: Path) -> None:
+    manifest = read_manifest(tiny_bundle_dir)
+    raw = json.loads((tiny_bundle_dir / MANIFEST_FILE).read_text())
+    assert (manifest.name, manifest.version, manifest.model_id) == (raw["name"], raw["version"], f"{raw['name']}:1")
+    assert (manifest.num_layers, manifest.labels, manifest.weights_dtype) == (3, ("negative", "positive"), "float16")
+    assert manifest.default_policy == raw["default_policy"] == "beem-a"
+    assert {name: dict(record.params) for name, record in manifest.policies.items()} == {
+        name: entry["params"] for name, entry in raw["policies"].items()
+    }

@@ -47,13 +47,13 @@ def lever_bundle_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir
 
 def test_the_manifest_records_every_lever(lever_bundle_dir: Path, tiny_data_file: Path) -> None:
     manifest = read_manifest(lever_bundle_dir)
-    assert manifest["exit_heads"]["design"] == "linear"
-    training = manifest["training"]
+    assert manifest.raw["exit_heads"]["design"] == "linear"
+    training = manifest.training
     assert (training["head_learning_rate_scale"], training["distillation_weight"]) == (5.0, 0.5)
     assert training["distillation_temperature"] == 4.0
-    assert manifest["data"]["calibration_share"] == 0.35
+    assert manifest.data["calibration_share"] == 0.35
     plain = split_dataset(read_dataset(tiny_data_file))
-    sizes = manifest["data"]["split_sizes"]
+    sizes = manifest.data["split_sizes"]
     assert sizes["test"] == len(plain.test)  # the test split is the one every other build reports
     assert sizes["calibration"] == pytest.approx(0.35 * (len(plain.train) + len(plain.calibration)), abs=2)
 

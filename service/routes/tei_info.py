@@ -1,0 +1,74 @@
+"""text-embeddings-inference's model and health routes (huggingface/text-embeddings-inference,
+router/src/http/server.rs `get_model_info` and `health`; the Info shape in router/src/lib.rs `Info`).
+
+- GET /info: TEI's `Info` for a classifier (`model_type.classifier` with id2label and label2id), our limits in
+  TEI's names, and `early_exit` (the bundle, its depth and policies) added.
+- GET /health, GET /ping (SageMaker) and GET /: 200 with an empty body when the model is ready, else 503 with an
+  error body, as TEI's health check answers. Unlike TEI, which opens its port only once the model has loaded,
+  this server answers while loading, so the 503 is what a client sees then. Like TEI's, these never ask for the
+  API key.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from service.engine.device_engine import DeviceInferenceEngine
+from service.errors import NotReadyError
+from service.routes.dependencies import Classifier, require_api_key
+from service.schemas import ClassifierModel, EarlyExitInfo, ErrorBody, InfoResponse, ModelType
+
+router = APIRouter()
+SERVER_VERSION = importlib.metadata.version("beem-serve")
+
+
+@router.get("/info", response_model=InfoResponse, responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+            dependencies=[Depends(require_api_key)])  # fmt: skip
+async def info(request: Request, classifier: Classifier) -> InfoResponse:
+    settings = request.app.state.settings
+    engine = request.app.state.engine
+    manifest = classifier.bundle.manifest
+    labels = manifest.labels
+    return InfoResponse(
+        model_id=manifest.model_id,
+        model_sha=None,
+        model_dtype=str(engine.dtype).removeprefix("torch."),
+        served_model_name=manifest.name,
+        model_type=ModelType(classifier=ClassifierModel(
+            id2label={str(i): label for i, label in enumerate(labels)},
+            label2id={label: i for i, label in enumerate(labels)},
+        )),
+        max_concurrent_requests=settings.max_queue,
+        max_input_length=classifier.max_input_tokens,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_requests=settings.max_batch_size,
+        max_client_batch_size=settings.max_inputs_per_request,
+        auto_truncate=False,
+        tokenization_workers=1,
+        version=SERVER_VERSION,
+        sha=None,
+        docker_label=None,
+        early_exit=EarlyExitInfo(
+            bundle=manifest.model_id,
+            num_layers=manifest.num_layers,
+            default_policy=manifest.default_policy,
+            policies=list(manifest.policies),
+            backbone=str(manifest.backbone.get("name")),
+            engine_path="device" if isinstance(engine, DeviceInferenceEngine) else "host",
+        ),
+    )  # fmt: skip
+
+
+async def health(request: Request) -> Response:
+    engine_health = request.app.state.engine.health()
+    if not engine_health.warmed_up or engine_health.closed or request.app.state.shutting_down:
+        detail = f" ({engine_health.error})" if engine_health.error else ""
+        raise NotReadyError(f"unhealthy: the model is not ready{detail}")
+    return Response(status_code=200)
+
+
+for path in ("/health", "/ping", "/"):
+    router.add_api_route(path, health, methods=["GET"], responses={503: {"model": ErrorBody}},
+                         name=f"health{path.replace('/', '_')}")  # fmt: skip
