@@ -25,13 +25,13 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, bundle: Path, *flags: str) -> None:
+    def __init__(self, bundle: Path, *flags: str, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", str(self.port)]
         self.process = subprocess.Popen(
             [*command, *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )  # fmt: skip
 
     def wait_ready(self, timeout_s: float = 60) -> None:
