@@ -70,5 +70,5 @@ async def health(request: Request) -> Response:
 
 
 for path in ("/health", "/ping", "/"):
-    router.add_api_route(path, health, methods=["GET"], responses={503: {"model": ErrorBody}},
-                         name=f"health{path.replace('/', '_')}")  # fmt: skip
+    router.add_api_route(path, health, methods=["GET"], response_class=Response, name=f"health{path.replace('/', '_')}",
+                         responses={200: {"description": "ready (empty body)"}, 503: {"model": ErrorBody}})  # fmt: skip
