@@ -55,19 +55,14 @@ JSON_VALUES = st.recursive(
     max_leaves=12,
 )
 # ...and bodies shaped like the routes' own, so the values reach past the outer schema.
-SHAPED = st.fixed_dictionaries(
-    {"inputs": JSON_VALUES},
-    optional={"policy": JSON_VALUES, "parameters": JSON_VALUES, "truncate": JSON_VALUES, "max_layers": JSON_VALUES,
-              "add_special_tokens": JSON_VALUES, "raw_scores": JSON_VALUES},  # fmt: skip
-)
+OPTIONAL_FIELDS = ("policy", "parameters", "truncate", "max_layers", "add_special_tokens", "raw_scores")
+SHAPED = st.fixed_dictionaries({"inputs": JSON_VALUES}, optional=dict.fromkeys(OPTIONAL_FIELDS, JSON_VALUES))
 
 
 @pytest.mark.parametrize("route", POST_ROUTES)
 @given(body=JSON_VALUES | SHAPED)
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-def test_any_json_body_gets_an_answer_or_a_4xx_with_a_reason(
-    loaded_app: TestClient, route: str, body: object
-) -> None:
+def test_any_json_body_gets_an_answer_or_a_4xx_with_a_reason(loaded_app: TestClient, route: str, body: object) -> None:
     # As an ASCII JSON writer sends it: lone surrogates travel as \u escapes, valid JSON that Python reads back.
     response = loaded_app.post(route, content=json.dumps(body), headers={"content-type": "application/json"})
     assert response.status_code < 500, (route, body, response.text)
