@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
@@ -17,13 +18,13 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`command` gets `--port <free port>` appended."""
+    """`command` gets `--port <free port>` appended; it runs in `cwd` (another checkout's, say)."""
 
-    def __init__(self, command: list[str], ready_timeout_s: float = 120.0) -> None:
+    def __init__(self, command: list[str], ready_timeout_s: float = 120.0, cwd: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [*command, "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [*command, "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd
         )
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:

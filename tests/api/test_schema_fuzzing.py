@@ -7,34 +7,46 @@ fits the schema the route publishes (errors included: a JSON object with `error`
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
+from service.app import create_app
 from service.settings import ServerSettings
 from tests.api.conftest import ready_client
 
 POST_ROUTES = ("/v1/classify", "/predict", "/", "/invocations", "/tokenize")
 
 
+def _settings(bundle: Path) -> ServerSettings:
+    return ServerSettings(bundle=bundle, max_inputs_per_request=8, max_body_bytes=4096, max_input_tokens=16,
+                          request_timeout_s=10)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def loaded_app(tiny_bundle_dir: Path) -> Iterator[TestClient]:
-    yield from ready_client(ServerSettings(bundle=tiny_bundle_dir, max_inputs_per_request=8, max_body_bytes=4096,
-                                           max_input_tokens=16, request_timeout_s=10))  # fmt: skip
+    yield from ready_client(_settings(tiny_bundle_dir))
 
 
 @pytest.fixture(scope="module")
-def api_schema(loaded_app: TestClient) -> schemathesis.BaseSchema:
-    app = loaded_app.app
-    assert isinstance(app, FastAPI)
+def api_schema(tiny_bundle_dir: Path) -> schemathesis.BaseSchema:
+    """An app of its own: schemathesis runs its lifespan (once, for the process) and shuts it down itself. The
+    fuzzing starts once the model is ready, so a 503 would be a real failure."""
+    app = create_app(_settings(tiny_bundle_dir))
+    with asgi.get_client(app) as client:  # starts the app's lifespan, which schemathesis's calls then share
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the fuzzed app did not become ready"
+            time.sleep(0.05)
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
