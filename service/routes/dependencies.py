@@ -11,15 +11,25 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from beem.bundle.manifest import Manifest
 from service.captioning import CaptionService, ReadyCaptioner
 from service.classification import ClassificationService, ReadyClassifier
-from service.errors import UnauthorizedError
+from service.errors import NotReadyError, UnauthorizedError
 
 
 async def ready_classifier(request: Request) -> ReadyClassifier:
     """503 while the model loads; afterwards the loaded model the whole request uses."""
     service: ClassificationService = request.app.state.classification
     return service.ready()
+
+
+async def ready_manifest(request: Request) -> Manifest:
+    """Either task's manifest, once its model is ready (503 before)."""
+    health = request.app.state.engine.health()
+    if not health.warmed_up:
+        raise NotReadyError("the model is still loading; retry shortly")
+    manifest: Manifest = request.app.state.manifest
+    return manifest
 
 
 async def ready_captioner(request: Request) -> ReadyCaptioner:
@@ -42,3 +52,4 @@ async def require_api_key(request: Request) -> None:
 
 Classifier = Annotated[ReadyClassifier, Depends(ready_classifier)]
 Captioner = Annotated[ReadyCaptioner, Depends(ready_captioner)]
+ReadyManifest = Annotated[Manifest, Depends(ready_manifest)]

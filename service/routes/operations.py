@@ -8,9 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from beem.bundle.manifest import Manifest
-from service.errors import NotReadyError
-from service.routes.dependencies import require_api_key
+from service.routes.dependencies import ReadyManifest, require_api_key
 
 router = APIRouter()
 
@@ -39,12 +37,8 @@ async def metrics(request: Request) -> Response:
 
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)])
-async def models(request: Request) -> dict[str, Any]:
+async def models(manifest: ReadyManifest) -> dict[str, Any]:
     """The loaded bundle: manifest summary and each policy's calibrated parameters and metrics."""
-    engine = request.app.state.engine
-    if engine.bundle is None or not engine.health().warmed_up:
-        raise NotReadyError("the model is still loading; retry shortly")
-    manifest: Manifest = engine.bundle.manifest
     return {
         "data": [{
             "id": manifest.model_id,

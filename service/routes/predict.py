@@ -75,12 +75,14 @@ def _ranked(answer: ClassAnswer, labels: Sequence[str], body: PredictRequest) ->
     return [Prediction(label=label, score=score) for label, score in ranked[:top_k]]
 
 
-def _tei_headers(response: Response, outcome: ClassifyOutcome, total_s: float, policy: str, is_batch: bool) -> None:
+def _tei_headers(
+    response: Response, outcome: ClassifyOutcome, total_s: float, device: str, policy: str, is_batch: bool
+) -> None:
     def ms(seconds: float) -> str:
         return str(int(seconds * 1000))  # TEI's Duration::as_millis: whole milliseconds, truncated
 
     response.headers.update({
-        "x-compute-type": "early-exit", "x-compute-time": ms(total_s), "x-total-time": ms(total_s),
+        "x-compute-type": device, "x-compute-time": ms(total_s), "x-total-time": ms(total_s),
         "x-compute-characters": str(outcome.characters), "x-compute-tokens": str(outcome.tokens),
         "x-tokenization-time": ms(outcome.tokenization_s), "x-queue-time": ms(outcome.queue_s),
         "x-inference-time": ms(outcome.inference_s), "x-exit-policy": policy,
@@ -100,7 +102,8 @@ async def _predict(body: PredictRequest, request: Request, response: Response, c
                         truncation_side=body.truncation_direction.lower(), wants_distribution=True)  # fmt: skip
     outcome = await classifier.classify(call, request)
     answers = [_ranked(answer, classifier.bundle.labels, body) for answer in outcome.answers]
-    _tei_headers(response, outcome, time.perf_counter() - started, chosen.name, is_batch)
+    device = classifier.service.engine.device.type  # "cpu" or "cuda" (TEI's is always "gpu+optimized")
+    _tei_headers(response, outcome, time.perf_counter() - started, device, chosen.name, is_batch)
     if is_batch:
         return answers
     return [answers[0]] if body.parameters is not None else answers[0]

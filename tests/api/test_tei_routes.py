@@ -45,6 +45,7 @@ def test_predict_answers_every_label_highest_first_with_teis_headers(client: Tes
     assert int(response.headers["x-compute-tokens"]) >= 5
     assert 1 <= int(response.headers["x-exit-layer"]) <= 3
     assert response.headers["x-exit-policy"] == "beem-a"
+    assert response.headers["x-compute-type"] == "cpu"  # the device it ran on
 
 
 def test_a_batch_reports_its_mean_exit_layer_and_summed_counts(client: TestClient) -> None:
