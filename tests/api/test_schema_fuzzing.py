@@ -81,3 +81,17 @@ def test_any_json_body_gets_an_answer_or_a_4xx_with_a_reason(loaded_app: TestCli
     answer = response.json()
     if response.status_code >= 400:
         assert set(answer) == {"error", "error_type"} and answer["error"], answer
+
+
+@pytest.fixture(scope="module")
+def caption_app(tiny_caption_bundle_dir: Path) -> Iterator[TestClient]:
+    yield from ready_client(ServerSettings(bundle=tiny_caption_bundle_dir, max_body_bytes=4096, request_timeout_s=10))
+
+
+@given(body=JSON_VALUES | st.fixed_dictionaries({"image": JSON_VALUES}, optional={"policy": JSON_VALUES}))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_any_json_body_to_the_caption_route_gets_an_answer_or_a_4xx(caption_app: TestClient, body: object) -> None:
+    response = caption_app.post("/v1/caption", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code < 500, (body, response.text)
+    if response.status_code >= 400:
+        assert set(response.json()) == {"error", "error_type"}
