@@ -55,9 +55,11 @@ def main() -> None:
     arguments.add_argument("--out", help="write the result as JSON here")
     args = arguments.parse_args()
     trees = {"baseline": Path(args.baseline_tree).resolve(), "this": REPO_ROOT}
-    servers = {name: _server(tree) for name, tree in trees.items()}
     times: dict[str, dict[str, list[float]]] = {name: {route: [] for route in BODIES} for name in trees}
+    servers: dict[str, ServerProcess] = {}
     try:
+        for name, tree in trees.items():
+            servers[name] = _server(tree)
         for server in servers.values():
             server.pause()
         for _ in range(args.rounds):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from beem.bundle.manifest import resolve_bundle_dir
+from beem.bundle.manifest import read_manifest, resolve_bundle_dir
 from beem.data.examples import read_dataset
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import split_dataset
@@ -68,15 +68,15 @@ def main() -> None:
     arguments.add_argument("--rounds", type=int, default=3)
     args = arguments.parse_args()
     bundle_dir = resolve_bundle_dir(Path(args.bundle))
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest = read_manifest(bundle_dir)
     texts = [e.text for e in split_dataset(read_dataset(REPO_DATA_FILE)).test.examples][: args.texts]
     medians = in_process(bundle_dir, texts, args.rounds)
-    layer_speedup = manifest["policies"]["beem-a"]["test"]["layer_speedup"]
+    layer_speedup = manifest.policies["beem-a"].test["layer_speedup"]
     speedup = medians["engine_full"] / medians["engine_beem_a"]
     print(json.dumps({
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                    f"{torch.__version__}, {torch.get_num_threads()} threads",
-        "bundle": f"{manifest['name']}:{manifest['version']}",
+        "bundle": manifest.model_id,
         "in_process_batch1_ms": medians,
         "engine_full_vs_plain_forward": medians["engine_full"] / medians["plain_forward"],
         "engine_beem_a_speedup": speedup,

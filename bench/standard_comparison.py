@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from beem.bundle.manifest import resolve_bundle_dir
+from beem.bundle.manifest import read_manifest, resolve_bundle_dir
 from bench.server_process import ServerProcess
 from loadtest.load_report import plot_latency_cdf, plot_rate_sweep, summarize
 from loadtest.load_runner import LoadPlan, PhaseResult, run_plan
@@ -159,11 +159,11 @@ def run(bundle_dir: Path, out: Path, quick: bool, rates_override: tuple[float, .
         results["batch1"][policy] = summarize(batch1[policy])
         results["closed_c16"][policy] = summarize(loaded[policy])
     cdf = {policy: loaded[policy] for policy in ("beem-a", "full", BASELINE)}
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest = read_manifest(bundle_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results["setup"] = {
-        "bundle": f"{manifest['name']}:{manifest['version']}",
-        "layer_speedup_test": {p: manifest["policies"][p]["test"]["layer_speedup"] for p in POLICIES},
+        "bundle": manifest.model_id,
+        "layer_speedup_test": {p: manifest.policies[p].test["layer_speedup"] for p in POLICIES},
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         + (torch.cuda.get_device_name(0) if device == "cuda" else "no GPU"),
         "date": time.strftime("%Y-%m-%d"),

@@ -34,7 +34,11 @@ from service.routes import caption, classify, operations, predict, tei_info, tok
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-COUNTED_ROUTES = ("/v1/classify", "/predict", "/", "/invocations", "/tokenize", "/info", "/v1/caption", "/v1/models")
+# The API routes each task serves (beem_requests_total); probes and metrics are not counted.
+COUNTED_ROUTES = {
+    "classification": frozenset({"/v1/classify", "/predict", "/", "/invocations", "/tokenize", "/info", "/v1/models"}),
+    "caption": frozenset({"/v1/caption", "/v1/models"}),
+}
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -78,7 +82,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(operations.router)
     # Added last = outermost: requests rejected for their size are counted too.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, counted=COUNTED_ROUTES[manifest.task])
     return app
 
 
@@ -114,14 +118,15 @@ def _log_load_failure(task: asyncio.Task[None]) -> None:
 class RequestMetricsMiddleware:
     """beem_requests_total and beem_request_duration_seconds for the API routes, whatever the outcome."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, counted: frozenset[str]) -> None:
         self.app = app
         self.metrics = metrics
+        self.counted = counted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # GET / is TEI's health probe, POST / its predict: only the latter is API traffic.
         path = scope.get("path")
-        if scope["type"] != "http" or path not in COUNTED_ROUTES or (path == "/" and scope["method"] != "POST"):
+        if scope["type"] != "http" or path not in self.counted or (path == "/" and scope["method"] != "POST"):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

@@ -57,9 +57,9 @@ class ClassifyOutcome:
     answers: tuple[ClassAnswer, ...]
     characters: int  # of every text and pair
     tokens: int  # every row's token ids, special tokens included
-    tokenization_s: float
+    tokenization_s: float  # mean per row
     queue_s: float  # mean per row: admission until it joined the engine
-    inference_s: float  # mean per row: joining the engine until it left
+    inference_s: float  # mean per row: joining the engine until it was answered (rows leave at their own layer)
 
     @property
     def mean_exit_layer(self) -> float:
@@ -97,10 +97,12 @@ class ReadyClassifier:
     def policy(self, spec: PolicySpec | None) -> ChosenPolicy:
         return choose_policy(self.bundle.manifest, self.bundle.policies, spec)
 
-    def tokenize(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[TokenSpan]]:
-        """Every text's tokens with their spans, untruncated (TEI's /tokenize)."""
+    async def tokenize(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[TokenSpan]]:
+        """Every text's tokens with their spans, untruncated (TEI's /tokenize); long texts off the event loop."""
         self._check_count(len(texts))
-        return self.text_encoder.spans(texts, add_special_tokens)
+        if sum(len(text) for text in texts) <= INLINE_TOKENIZE_MAX_CHARS:
+            return self.text_encoder.spans(texts, add_special_tokens)
+        return await asyncio.to_thread(self.text_encoder.spans, texts, add_special_tokens)
 
     async def classify(self, call: ClassifyCall, request: Request) -> ClassifyOutcome:
         self._check_rows(call)
@@ -131,14 +133,13 @@ class ReadyClassifier:
         ]
         engine.submit(items)
         results = await answers.wait(request, items, settings.request_timeout_s, engine.notice_cancellation)
-        left = time.monotonic()
         return ClassifyOutcome(
             answers=tuple(results),
             characters=sum(len(row.text) + len(row.pair or "") for row in call.rows),
             tokens=sum(len(item.input_ids) for item in items),
-            tokenization_s=tokenization_s,
+            tokenization_s=tokenization_s / len(items),
             queue_s=sum(item.joined_at - item.enqueued_at for item in items) / len(items),
-            inference_s=sum(left - item.joined_at for item in items) / len(items),
+            inference_s=sum(item.answered_at - item.joined_at for item in items) / len(items),
         )
 
     def _check_count(self, count: int) -> None:

@@ -92,12 +92,20 @@ def error_response(
     return ErrorJSONResponse({"error": message, "error_type": error_type}, status_code=status_code, headers=headers)
 
 
+def _location_steps(location: tuple[object, ...]) -> list[str]:
+    """pydantic's location without "body" and without the shape tag that follows `inputs` (schemas.py)."""
+    steps = [str(step) for step in location if step != "body"]
+    if len(steps) > 1 and steps[0] == "inputs" and steps[1] in INPUT_SHAPE_TAGS:
+        del steps[1]
+    return steps
+
+
 def _validation_message(error: RequestValidationError) -> str:
     """pydantic's errors, located by field. A policy's wire model is chosen by its name (a tagged union), so the
     tag is left out of the location and named in the message where it matters."""
     parts = []
     for detail in error.errors()[:5]:
-        steps = [str(step) for step in detail.get("loc", ()) if step != "body" and step not in INPUT_SHAPE_TAGS]
+        steps = _location_steps(detail.get("loc", ()))
         tag = next((step for step in steps if step in POLICY_NAMES), None)
         location = ".".join(step for step in steps if step != tag) or "body"
         if detail.get("type") == "union_tag_invalid":

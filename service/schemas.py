@@ -52,21 +52,32 @@ def _inputs_shape(value: Any) -> str | None:
     return None
 
 
-def _inputs(text: Any, texts: Any, batch: Any, description: str) -> Any:
+def _inputs(description: str, **shapes: Any) -> Any:
+    """A union over `shapes` (tag -> type), each chosen by `_inputs_shape`; a value of no listed shape is one
+    error that says which shapes `inputs` takes."""
+
+    def shape(value: Any) -> str | None:
+        tag = _inputs_shape(value)
+        return tag if tag in shapes else None
+
+    members = tuple(Annotated[kind, Tag(tag)] for tag, kind in shapes.items())
     return Annotated[
-        Annotated[text, Tag("text")] | Annotated[texts, Tag("texts")] | Annotated[batch, Tag("batch")],
-        Discriminator(_inputs_shape, custom_error_type="inputs_shape", custom_error_message=description),
+        Union[members],  # noqa: UP007
+        Discriminator(shape, custom_error_type="inputs_shape", custom_error_message=description),
     ]
 
 
 CLASSIFY_INPUTS_SHAPE = "a text, a list of texts, or a list of [text, text_pair] pairs"
 PREDICT_INPUTS_SHAPE = "a text, a [text, pair] list, or a batch of [text] / [text, pair] lists"
+TOKENIZE_INPUTS_SHAPE = "a text or a list of texts"
 if TYPE_CHECKING:
     ClassifyInputs = str | list[str] | list[tuple[str, str]]
     PredictInputs = str | list[str] | list[list[str]]
+    TokenizeInputs = str | list[str]
 else:
-    ClassifyInputs = _inputs(Text, list[Text], list[tuple[Text, Text]], CLASSIFY_INPUTS_SHAPE)
-    PredictInputs = _inputs(Text, list[Text], list[list[Text]], PREDICT_INPUTS_SHAPE)
+    ClassifyInputs = _inputs(CLASSIFY_INPUTS_SHAPE, text=Text, texts=list[Text], batch=list[tuple[Text, Text]])
+    PredictInputs = _inputs(PREDICT_INPUTS_SHAPE, text=Text, texts=list[Text], batch=list[list[Text]])
+    TokenizeInputs = _inputs(TOKENIZE_INPUTS_SHAPE, text=Text, texts=list[Text])
 
 
 class PolicyRequest(BaseModel):
@@ -167,7 +178,7 @@ class PredictRequest(BaseModel):
 class TokenizeRequest(BaseModel):
     """TEI's /tokenize request (types.rs `TokenizeRequest`)."""
 
-    inputs: Text | list[Text] = Field(description="a text or a list of texts")
+    inputs: TokenizeInputs = Field(description=TOKENIZE_INPUTS_SHAPE)
     add_special_tokens: StrictBool = True
     prompt_name: Text | None = Field(None, description="TEI's prompts; this server has none (422 if set)")
 

@@ -8,6 +8,7 @@ once, so encoding is one call, thread-safe (the backend encodes through a shared
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,16 +64,18 @@ class TextEncoder:
 
 
 def _spans(text: str, encoding: Encoding) -> list[TokenSpan]:
+    # The Python binding's offsets count characters; TEI's count UTF-8 bytes: byte_at[c] is the byte offset of
+    # character c, built in one pass (a per-token re-encode of the prefix would be quadratic in the text's length).
+    byte_at = None if text.isascii() else list(itertools.accumulate((len(c.encode()) for c in text), initial=0))
     spans = []
     for token_id, token, (start, stop), special in zip(
         encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask, strict=True
     ):
         if special:
             spans.append(TokenSpan(token_id, token, True, None, None))
-        else:  # the Python binding's offsets count characters; TEI's count UTF-8 bytes
-            covered = text[start:stop]
-            byte_start = len(text[:start].encode())
-            spans.append(TokenSpan(token_id, covered, False, byte_start, byte_start + len(covered.encode())))
+        else:
+            byte_start, byte_stop = (start, stop) if byte_at is None else (byte_at[start], byte_at[stop])
+            spans.append(TokenSpan(token_id, text[start:stop], False, byte_start, byte_stop))
     return spans
 
 

@@ -106,10 +106,11 @@ class Manifest:
 
         def field(key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
             value = raw.get(key, default)
-            if value is ... or not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            if value is ... or not isinstance(value, kind) or (isinstance(value, bool) and bool not in kinds(kind)):
                 raise BundleError(path, f"{key!r} must be {_kind_name(kind)}, got {value!r:.80}")
             return value
 
+        task = field("task", str)
         num_layers, max_length = field("num_layers", int), field("max_length", int)
         if num_layers < 1 or max_length < 1:
             raise BundleError(path, "'num_layers' and 'max_length' must be positive")
@@ -120,14 +121,14 @@ class Manifest:
         labels = tuple(field("labels", list, []))
         if not all(isinstance(label, str) for label in labels):
             raise BundleError(path, "'labels' must be a list of strings")
-        if raw["task"] == "classification" and len(labels) < 2:
+        if task == "classification" and len(labels) < 2:
             raise BundleError(path, "a classifier needs at least two labels")
         weights = field("weights", dict)
         return cls(
             path=path,
             name=field("name", str),
             version=str(field("version", (str, int))),
-            task=field("task", str),
+            task=task,
             created_at=field("created_at", (str, type(None)), None),
             backbone=field("backbone", dict),
             num_layers=num_layers,
@@ -143,10 +144,13 @@ class Manifest:
         )
 
 
+def kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
     names = {str: "a string", int: "an integer", dict: "an object", list: "a list", type(None): "null"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
+    return " or ".join(names.get(k, k.__name__) for k in kinds(kind))
 
 
 def _policy_record(path: Path, name: str, entry: Any) -> PolicyRecord:

@@ -8,6 +8,7 @@ that has left (`settled`) is never counted or answered again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 from service.engine.row_outcome import CaptionAnswer, ClassAnswer, Dropped, RowFate
@@ -37,7 +38,7 @@ class RowLedger:
         False when the row had already left (it is not counted again)."""
         if item.settled:
             return False
-        item.settled = True
+        item.settled, item.answered_at = True, time.monotonic()
         histogram = self.metrics.exit_layer.labels(item.policy_name, self.task)
         for layer in exit_layers:
             histogram.observe(layer)

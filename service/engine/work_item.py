@@ -23,6 +23,7 @@ class QueuedRow:
     on_done: Callable[[RowOutcome], None]  # thread-safe: hands the outcome to the request's event loop
     enqueued_at: float = 0.0  # time.monotonic() when admitted
     joined_at: float = 0.0  # when it left the queue for the engine (TEI's x-queue-time ends here)
+    answered_at: float = 0.0  # when its answer was handed back (x-inference-time ends here)
     cancelled: bool = False
     cancelled_as: RowFate = RowFate.CLIENT_GONE  # why: the client left, or a sibling row failed the request
     settled: bool = False  # it has left and been counted (RowLedger): nothing may count or answer it again

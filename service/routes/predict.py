@@ -64,9 +64,16 @@ def _scores(answer: ClassAnswer, body: PredictRequest) -> Sequence[float]:
         return answer.logits
     if applied == "sigmoid":
         assert answer.logits is not None, "asked for the distribution"
-        return [1.0 / (1.0 + math.exp(-logit)) for logit in answer.logits]
+        return [_sigmoid(logit) for logit in answer.logits]
     assert answer.probabilities is not None, "asked for the distribution"
     return answer.probabilities
+
+
+def _sigmoid(logit: float) -> float:
+    # Either branch's exp has a non-positive argument, so no logit overflows it.
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    return math.exp(logit) / (1.0 + math.exp(logit))
 
 
 def _ranked(answer: ClassAnswer, labels: Sequence[str], body: PredictRequest) -> list[Prediction]:

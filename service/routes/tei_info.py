@@ -55,7 +55,7 @@ async def info(request: Request, classifier: Classifier) -> InfoResponse:
             num_layers=manifest.num_layers,
             default_policy=manifest.default_policy,
             policies=list(manifest.policies),
-            backbone=str(manifest.backbone.get("name")),
+            backbone=str(manifest.backbone.get("name") or manifest.backbone.get("model_type") or "unknown"),
             engine_path="device" if isinstance(engine, DeviceInferenceEngine) else "host",
         ),
     )  # fmt: skip
@@ -69,6 +69,13 @@ async def health(request: Request) -> Response:
     return Response(status_code=200)
 
 
-for path in ("/health", "/ping", "/"):
-    router.add_api_route(path, health, methods=["GET"], response_class=Response, name=f"health{path.replace('/', '_')}",
-                         responses={200: {"description": "ready (empty body)"}, 503: {"model": ErrorBody}})  # fmt: skip
+HEALTH_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"description": "ready (empty body)"},
+    503: {"model": ErrorBody},
+}
+for path in ("/health", "/ping", "/"):  # GET, and HEAD as axum's `get` answers it (left out of the schema)
+    name = f"health{path.replace('/', '_')}"
+    router.add_api_route(path, health, methods=["GET"], response_class=Response, responses=HEALTH_RESPONSES,
+                         name=name)  # fmt: skip
+    router.add_api_route(path, health, methods=["HEAD"], response_class=Response, name=f"{name}_head",
+                         include_in_schema=False)  # fmt: skip

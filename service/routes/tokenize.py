@@ -25,5 +25,5 @@ async def tokenize(body: TokenizeRequest, classifier: Classifier) -> list[list[S
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     return [
         [SimpleToken(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop) for t in spans]
-        for spans in classifier.tokenize(texts, body.add_special_tokens)
+        for spans in await classifier.tokenize(texts, body.add_special_tokens)
     ]

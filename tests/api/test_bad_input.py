@@ -94,8 +94,9 @@ def _post_escaped(client: TestClient, route: str, body: object) -> Response:
         ("/v1/classify", {"inputs": ["fine", "ok " + LONE]}, "inputs.1"),
         ("/v1/classify", {"inputs": [["fine", "\udfff pair"]]}, "inputs.0.1"),
         ("/predict", {"inputs": LONE}, "inputs"),
-        ("/predict", {"inputs": ["fine", LONE]}, "inputs"),
-        ("/predict", {"inputs": [["fine"], [LONE, "pair"]]}, "inputs"),
+        ("/predict", {"inputs": ["fine", LONE]}, "inputs.1"),
+        ("/predict", {"inputs": [["fine"], [LONE, "pair"]]}, "inputs.1.0"),
+        ("/tokenize", {"inputs": ["fine", LONE]}, "inputs.1"),
     ],
 )
 def test_a_lone_surrogate_is_refused_with_where_it_is(
@@ -134,3 +135,24 @@ def test_api_key(guarded_client: TestClient, headers: dict[str, str], status: in
     response = guarded_client.post("/v1/classify", json={"inputs": "fine"}, headers=headers)
     assert response.status_code == status
     assert guarded_client.get("/healthz").status_code == 200  # probes stay open
+
+
+@pytest.mark.parametrize(
+    ("method", "route"),
+    [("POST", "/predict"), ("POST", "/"), ("POST", "/invocations"), ("POST", "/tokenize"), ("GET", "/info"),
+     ("GET", "/v1/models")],
+)  # fmt: skip
+def test_every_api_route_needs_the_key_and_the_probes_do_not(
+    guarded_client: TestClient, method: str, route: str
+) -> None:
+    body = {"inputs": "fine"} if method == "POST" else None
+    assert guarded_client.request(method, route, json=body).status_code == 401
+    with_key = guarded_client.request(method, route, json=body, headers={"authorization": "Bearer s3cret"})
+    assert with_key.status_code == 200
+    for probe in ("/health", "/ping", "/", "/healthz", "/readyz", "/metrics"):  # TEI's and ours stay open
+        assert guarded_client.get(probe).status_code == 200, probe
+
+
+def test_an_extra_key_is_named_in_the_error(client: TestClient) -> None:
+    response = client.post("/v1/classify", json={"inputs": "fine", "text": 1})
+    assert response.status_code == 422 and "text: Extra inputs are not permitted" in response.json()["error"]

@@ -134,3 +134,30 @@ def test_tokenize_rejects_with_a_reason(client: TestClient, body: object, status
     response = client.post("/tokenize", json=body)
     assert response.status_code == status
     assert says in response.json()["error"]
+
+
+def test_post_root_counts_as_traffic_and_get_root_as_a_probe(client: TestClient) -> None:
+    def count(route: str) -> float:
+        prefix = f'beem_requests_total{{policy="beem-a",route="{route}",status="200"}} '
+        lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    before = count("/")
+    assert client.get("/").status_code == 200
+    assert client.post("/", json={"inputs": TEXT}).status_code == 200
+    assert count("/") == before + 1
+
+
+def test_tokenize_a_long_non_ascii_text_maps_every_byte_offset(client: TestClient) -> None:
+    """Byte offsets are built in one pass; a long text goes to a worker thread, and is still exact."""
+    text = "café naïve " * 200  # 2,200 characters: over the inline limit; 2 bytes for some
+    (tokens,) = client.post("/tokenize", json={"inputs": text, "add_special_tokens": False}).json()
+    encoded = text.encode()
+    assert all(encoded[t["start"] : t["stop"]].decode() == t["text"] for t in tokens)
+    assert tokens[-1]["stop"] == len(encoded.rstrip())
+
+
+def test_a_very_negative_logit_has_a_sigmoid_score_not_an_error() -> None:
+    from service.routes.predict import _sigmoid
+
+    assert _sigmoid(-1000.0) == 0.0 and _sigmoid(1000.0) == 1.0 and _sigmoid(0.0) == 0.5

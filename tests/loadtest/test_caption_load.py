@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from beem.bundle.manifest import read_manifest
 from beem.captioning.scene_generator import generate_coco_scenes, read_idx
 from loadtest.load_report import summarize
 from loadtest.load_runner import LoadPlan, run_plan
@@ -29,9 +30,9 @@ REQUESTS = 6  # per policy
 
 @pytest.fixture(scope="module")
 def num_layers(tiny_caption_bundle_dir: Path) -> int:
-    manifest = json.loads((tiny_caption_bundle_dir / "manifest.json").read_text())
-    assert manifest["task"] == "caption"
-    return int(manifest["num_layers"])
+    manifest = read_manifest(tiny_caption_bundle_dir)
+    assert manifest.task == "caption"
+    return manifest.num_layers
 
 
 @pytest.fixture(scope="module")
