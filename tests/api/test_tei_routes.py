@@ -92,6 +92,7 @@ def test_info_has_teis_shape_and_the_early_exit_fields(client: TestClient) -> No
 def test_health_routes_answer_200_when_ready(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 200 and response.content == b""
+    assert client.head(path).status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/health", "/ping", "/"])
