@@ -13,7 +13,7 @@ changes one thing, thresholds are chosen on the calibration split with it, and t
 Per policy: test accuracy and its paired difference to full depth with the 95% bootstrap interval, the layer
 speed-up, and which policy is fastest at accuracy matched to full depth (the paired interval reaching 0 or above).
 Levers that need retraining (longer training, head design, distillation, per-exit learning rates, a larger
-calibration split) are not measured here. Writes exit_levers.json and .md under --out.
+calibration split) are in bench/training_levers.py. Writes exit_levers.json and .md under --out.
 """
 
 from __future__ import annotations
