@@ -86,6 +86,8 @@ class ClassificationService:
 
 @dataclass(frozen=True)
 class ReadyClassifier:
+    """The loaded model as one request sees it: readiness was checked once, when this was made."""
+
     service: ClassificationService
     bundle: LoadedBundle
     text_encoder: TextEncoder
