@@ -106,7 +106,7 @@ class Manifest:
 
         def field(key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
             value = raw.get(key, default)
-            if value is ... or not isinstance(value, kind) or (isinstance(value, bool) and bool not in kinds(kind)):
+            if value is ... or not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
                 raise BundleError(path, f"{key!r} must be {_kind_name(kind)}, got {value!r:.80}")
             return value
 
@@ -144,13 +144,13 @@ class Manifest:
         )
 
 
-def kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     names = {str: "a string", int: "an integer", dict: "an object", list: "a list", type(None): "null"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds(kind))
+    return " or ".join(names.get(k, k.__name__) for k in _kinds(kind))
 
 
 def _policy_record(path: Path, name: str, entry: Any) -> PolicyRecord:
