@@ -35,39 +35,28 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO_ROOT / "model_store"
 
 
+# `beem build` flags (argparse names) that override a preset's field of the same or the given name.
+TRAINING_FLAGS = {name: name for name in ("epochs", "seed", "max_steps_per_epoch", "max_length", "distillation_weight",
+                                          "distillation_temperature", "head_learning_rate_scale")}  # fmt: skip
+PRESET_FLAGS = {"backbone": "backbone", "data": "data_file", "name": "bundle_name", "default_policy": "default_policy",
+                "head_design": "head_design", "calibration_share": "calibration_share"}  # fmt: skip
+
+
+def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, object]:
+    """The flags the command line set, by the preset field each overrides."""
+    return {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None}
+
+
 def _build(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.task == "caption":
         return _build_captioner(args)
     preset = get_preset(args.preset)
-    training_overrides = {
-        key: value
-        for key, value in (
-            ("epochs", args.epochs),
-            ("seed", args.seed),
-            ("max_steps_per_epoch", args.max_steps_per_epoch),
-            ("max_length", args.max_length),
-            ("distillation_weight", args.distillation_weight),
-            ("distillation_temperature", args.distillation_temperature),
-            ("head_learning_rate_scale", args.head_learning_rate_scale),
-        )
-        if value is not None
-    }
+    training_overrides = _given(args, TRAINING_FLAGS)
     if training_overrides:
         preset = with_training(preset, **training_overrides)
-    preset_overrides: dict[str, object] = {
-        key: value
-        for key, value in (
-            ("backbone", args.backbone),
-            ("data_file", args.data),
-            ("bundle_name", args.name),
-            ("default_policy", args.default_policy),
-            ("head_design", args.head_design),
-            ("calibration_share", args.calibration_share),
-        )
-        if value is not None
-    }
+    preset_overrides = _given(args, PRESET_FLAGS)
     if args.data:
         preset_overrides["label_names"] = None  # another file's labels, in their sorted order
     if preset_overrides:

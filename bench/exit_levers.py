@@ -19,7 +19,6 @@ calibration split) are in bench/training_levers.py. Writes exit_levers.json and 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from beem.calibration.policy_calibration import CalibrationOptions, calibrate_po
 from beem.data.examples import read_dataset
 from beem.data.splits import split_dataset
 from beem.evaluation import evaluate_policies
+from bench.result_files import write_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLES = ("model_store/minilm-rt-sentiment", "model_store/minilm-rt-fine-sentiment")
@@ -131,11 +131,7 @@ def main() -> None:
     bundles = [resolve_bundle_dir(REPO_ROOT / b if not Path(b).is_absolute() else Path(b))
                for b in (args.bundle or DEFAULT_BUNDLES)]  # fmt: skip
     results = [bundle_levers(bundle) for bundle in bundles]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "exit_levers.json").write_text(json.dumps(results, indent=1))
-    (out / "exit_levers.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(Path(args.out), "exit_levers", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from beem.data.examples import read_dataset
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import split_dataset
 from bench.engine_in_thread import classify_ids, engine_in_thread
+from bench.result_files import write_results
 from bench.server_process import ServerProcess
 from loadtest.load_report import summarize
 from loadtest.load_runner import LoadPlan, run_plan
@@ -276,12 +277,8 @@ def main() -> None:
         earlier.setdefault("later_runs", []).append({"date": results["date"], "command": results["command"]})
         results = earlier
     _add_ratios(results["policies"])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "gpu_comparison_" + gpu_name.lower().replace("nvidia ", "").replace(" ", "_").replace("/", "_")
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    (out / f"{stem}.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(Path(args.out), stem, results, markdown(results))
 
 
 if __name__ == "__main__":

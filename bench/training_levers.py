@@ -17,7 +17,6 @@ training_levers.json and .md under --out.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from beem.calibration.exit_cache import ExitCache
 from beem.calibration.paired_comparison import compare_paired
 from beem.calibration.policy_calibration import CalibrationOptions, calibrate_policies, evaluate_policy
+from bench.result_files import write_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS = REPO_ROOT / "runs"
@@ -137,11 +137,7 @@ def main() -> None:
             _build(run, flags)
         caches = _caches(RUNS / run)
         results["levers"][name] = None if caches is None else measure_lever(*caches, reference[1])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "training_levers.json").write_text(json.dumps(results, indent=1))
-    (out / "training_levers.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(Path(args.out), "training_levers", results, markdown(results))
 
 
 if __name__ == "__main__":
