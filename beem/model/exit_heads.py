@@ -66,6 +66,7 @@ class ExitHeads(nn.Module):
         self.poolers = nn.ModuleList(nn.Linear(spec.hidden_size, spec.hidden_size) for _ in range(pooler_count))
         self.classifiers = nn.ModuleList(nn.Linear(spec.hidden_size, spec.num_labels) for _ in range(spec.num_layers))
         self.dropout = nn.Dropout(spec.dropout)
+        self._linear = spec.design == "linear"  # read after every layer: decided once here
 
     def init_poolers_from(self, pretrained_pooler_dense: nn.Linear) -> None:
         """Start every pooler from the backbone's pre-trained pooler, as a single-exit fine-tune would."""
@@ -83,7 +84,7 @@ class ExitHeads(nn.Module):
         """Logits of exit `exit_index` (0-based): (B, T, H), (B, T) -> (B, num_labels)."""
         pooled = pool_hidden(hidden, attention_mask, self.spec.pooling, mean_weights)  # (B, H)
         classifier: nn.Module = self.classifiers[exit_index]
-        if self.spec.design == "linear":
+        if self._linear:
             return classifier(self.dropout(pooled) if self.training else pooled)
         pooler = self.poolers[0 if self.spec.shared_pooler else exit_index]
         if self.training:

@@ -33,6 +33,7 @@ class DeviceStep:
         self.decide: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
         self.decide = self.decide_rows
         self._layer_values: dict[int, torch.Tensor] = {}
+        self._layer_numbers: torch.Tensor | None = None  # (L,) float64: 1..L, for the trace column of a layer
 
     def compile_decisions(self, sample_logits: torch.Tensor, sample_table: torch.Tensor) -> str | None:
         """Fuse the decision's elementwise kernels with torch.compile (one compilation for every row count and
@@ -87,6 +88,14 @@ class DeviceStep:
         shared pool, where another graph's replay may overwrite it."""
         for layer in range(1, num_layers + 1):
             self._layer_value(layer, device)
+        self._numbers(device)
+
+    def _numbers(self, device: torch.device) -> torch.Tensor:
+        """1..L on the device, made once (not a new tensor in every step's decision)."""
+        if self._layer_numbers is None:
+            count = self.table.num_layers
+            self._layer_numbers = torch.arange(1, count + 1, device=device, dtype=torch.float64)
+        return self._layer_numbers
 
     def _layer_value(self, layer: int, device: torch.device) -> torch.Tensor:
         """The layer as a 0-dim device tensor, one per layer for good: the decision reads the layer as data, so
@@ -115,7 +124,7 @@ class DeviceStep:
                              folded.layers_seen.double()), dim=1)  # fmt: skip
         state_columns = [t.SCORE, t.PREVIOUS, t.RUN, t.SEEN]
         new[:, state_columns] = torch.where(in_flight[:, None], state, table[:, state_columns])
-        this_layer = torch.arange(1, t.num_layers + 1, device=table.device, dtype=torch.float64) == layer  # (L,)
+        this_layer = self._numbers(table.device) == layer  # (L,)
         traced = in_flight[:, None] & this_layer[None, :]  # (R, L)
         new[:, t.trace_labels] = torch.where(traced, labels[:, None], table[:, t.trace_labels])
         new[:, t.trace_confidences] = torch.where(traced, observed.confidences[:, None], table[:, t.trace_confidences])
