@@ -10,6 +10,11 @@ flight (a new row shares the engine with them: continuous batching has no "its t
 measured drain rate (rows it finishes per busy second when it is loaded). Retry-After is that expected wait,
 rounded up to whole seconds. Its own rows do not count: an idle server admits any request that passes the row
 bound.
+
+Shadow rows (the agreement monitor's full-depth re-runs of answered rows) wait in a lane of their own, outside
+every bound above: they join the engine only when no request's row is waiting, at most `max_shadow_rows_in_engine`
+at a time, and they are the first thing shed: when a request's rows must wait for room, when a request is refused,
+when their lane is full (the oldest goes), and at shutdown.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class AdmissionLimits:
     max_queue_rows: int  # rows waiting for the engine; beyond it 429
     max_queue_wait_s: float  # expected wait of a new request; beyond it 429 (math.inf: no time bound)
     idle_join_wait_s: float = 0.0  # an idle engine's first row waits this long for others to start with it
+    max_shadow_queue_rows: int = 64  # shadow rows waiting; a new one pushes out the oldest
+    max_shadow_rows_in_engine: int = 4  # shadow rows in flight at once
 
 
 class AdmissionQueue(Generic[ItemT]):
@@ -66,6 +73,7 @@ class AdmissionQueue(Generic[ItemT]):
         self.metrics = metrics
         self.clock = clock
         self._pending: deque[ItemT] = deque()
+        self._shadow: deque[ItemT] = deque()  # shadow rows, oldest first
         self._condition = threading.Condition()
         self._closed = False
         self._closed_because = "the server is shutting down"
@@ -74,7 +82,12 @@ class AdmissionQueue(Generic[ItemT]):
 
     @property
     def depth(self) -> int:
+        """Request rows waiting (shadow rows are not counted)."""
         return len(self._pending)
+
+    @property
+    def shadow_depth(self) -> int:
+        return len(self._shadow)
 
     def expected_wait_s(self, rows_waiting: int | None = None) -> float:
         """Seconds until the work ahead of a new request, `rows_waiting` (default: all queued rows) plus the rows
@@ -100,10 +113,12 @@ class AdmissionQueue(Generic[ItemT]):
         expected = self.expected_wait_s(waiting)
         retry_after = max(1.0, math.ceil(expected))
         if waiting + num_rows > self.limits.max_queue_rows:
+            self._shed_shadow_rows()
             return QueueFullError(
                 f"queue full ({waiting} rows waiting, limit {self.limits.max_queue_rows})", retry_after
             )
         if expected > self.limits.max_queue_wait_s:
+            self._shed_shadow_rows()
             limit_ms = self.limits.max_queue_wait_s * 1000
             return QueueFullError(
                 f"expected queue wait {expected * 1000:.0f} ms is over {limit_ms:.0f} ms", retry_after
@@ -125,19 +140,40 @@ class AdmissionQueue(Generic[ItemT]):
             self._publish()
             self._condition.notify()
 
+    def submit_shadow(self, item: ItemT) -> None:
+        """Queue a shadow row (never refused: when it cannot wait, it or an older one is shed and counted)."""
+        with self._condition:
+            if self._closed or self._pending:  # shutting down, or requests are waiting for room: shed at once
+                self.ledger.drop([item], RowFate.SHED)
+                return
+            if len(self._shadow) >= self.limits.max_shadow_queue_rows:
+                self.ledger.drop([self._shadow.popleft()], RowFate.SHED)
+            item.enqueued_at = self.clock()
+            self._shadow.append(item)
+            self._condition.notify()
+
     def close(self, because: str = "the server is shutting down") -> None:
         """Admit nothing more (new requests get 503 saying `because`); `take` keeps handing out what was
-        admitted."""
+        admitted (queued shadow rows are shed)."""
         with self._condition:
             if not self._closed:
                 self._closed, self._closed_because = True, because
+            self._shed_shadow_rows()
             self._condition.notify_all()
+
+    def _shed_shadow_rows(self) -> None:
+        """Drop every queued shadow row (lock held): requests need the room."""
+        if self._shadow:
+            self.ledger.drop(self._shadow, RowFate.SHED)
+            self._shadow.clear()
 
     def wait_for_work(self) -> bool:
         """Block an idle engine until rows are queued (then up to `idle_join_wait_s` for others to join the first)
         or the queue is closed and empty: False then, the engine may stop."""
         with self._condition:
             while not self._pending:
+                if self._shadow:
+                    return True  # shadow rows start at once: there is nobody to wait with
                 if self._closed:
                     return False
                 self._condition.wait()
@@ -150,7 +186,7 @@ class AdmissionQueue(Generic[ItemT]):
         """Queued rows for the engine, oldest first, as many as fit: at most `room_rows`, and as one new group of
         (rows x longest row) padded tokens within `room_tokens`. An empty engine always gets at least one row.
         Rows whose client left or whose deadline passed are dropped on the way."""
-        if not self._pending:
+        if not self._pending and not self._shadow:
             return []
         now = self.clock()
         taken: list[ItemT] = []
@@ -168,11 +204,36 @@ class AdmissionQueue(Generic[ItemT]):
                     break
                 taken.append(self._pending.popleft())
                 longest = wider
+            if self._pending:  # requests wait for room: shadow rows give way
+                self._shed_shadow_rows()
+            else:
+                self._take_shadow_rows(taken, room_rows, room_tokens, longest, now, engine_empty)
             self._publish()
         for item in taken:
-            item.joined_at = now
-            self.metrics.queue_wait.observe(now - item.enqueued_at)
+            if not item.shadow:
+                item.joined_at = now
+                self.metrics.queue_wait.observe(now - item.enqueued_at)
         return taken
+
+    def _take_shadow_rows(
+        self, taken: list[ItemT], room_rows: int, room_tokens: int, longest: int, now: float, engine_empty: bool
+    ) -> None:
+        """Shadow rows into the room the requests' rows left, within the shadow cap (lock held); an empty engine
+        takes at least one, as for requests' rows."""
+        room_shadow = self.limits.max_shadow_rows_in_engine - self.ledger.shadow_rows_in_engine
+        while self._shadow and room_shadow > 0 and len(taken) < room_rows:
+            candidate = self._shadow[0]
+            if candidate.deadline <= now:
+                self.ledger.drop([self._shadow.popleft()], RowFate.TIMEOUT)
+                continue
+            wider = max(longest, candidate.num_tokens)
+            if (len(taken) + 1) * wider > room_tokens and (taken or not engine_empty):
+                break
+            taken.append(self._shadow.popleft())
+            candidate.joined_at = now
+            self.ledger.shadow_rows_in_engine += 1
+            room_shadow -= 1
+            longest = wider
 
     def _drop_abandoned(self, now: float) -> None:
         """Drop queued rows whose client left or whose deadline passed, before any compute is spent on them."""

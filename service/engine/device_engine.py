@@ -187,7 +187,7 @@ class DeviceInferenceEngine(InferenceEngine):
             deadlines=np.fromiter((item.deadline for item in items), dtype=np.float64, count=count),
             live=count, depth=0, head_from=min(heads), exit_from=min(exit_layers),
             last_layer=max(item.last_layer for item in items), oldest_at=time.monotonic(),
-            cancellations_seen=self._cancellations,
+            cancellations_seen=self._cancellations, shadow_only=all(item.shadow for item in items),
         )  # fmt: skip
         if self._exits_would_not_pay(group, items, shape.rows, shape.tokens):
             group.table = self.layout.as_full_depth(group.table)
@@ -370,5 +370,6 @@ class DeviceInferenceEngine(InferenceEngine):
             head_from=min(first.head_from, second.head_from), exit_from=min(first.exit_from, second.exit_from),
             last_layer=max(first.last_layer, second.last_layer), oldest_at=min(first.oldest_at, second.oldest_at),
             cancellations_seen=min(first.cancellations_seen, second.cancellations_seen), full_depth=first.full_depth,
+            shadow_only=first.shadow_only and second.shadow_only,
         )  # fmt: skip
         self.device_groups = [g for g in self.device_groups if g is not first and g is not second] + [merged]

@@ -37,6 +37,7 @@ class DeviceGroup:
     oldest_at: float
     cancellations_seen: int
     full_depth: bool = False  # its exits were skipped (`exit_savings.py`): exit statistics learn nothing from it
+    shadow_only: bool = False  # every row is a shadow row: it steps only when no other group is waiting
     unread: int = 0  # packets of this group sent and not yet read
     fitted_live: int = -1  # `live` when its shape was last fitted to its rows
 

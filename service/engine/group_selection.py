@@ -36,11 +36,18 @@ class Group(Protocol):
     @property
     def oldest_at(self) -> float: ...
 
+    @property
+    def shadow_only(self) -> bool: ...
+
 
 GroupT = TypeVar("GroupT", bound=Group)
 
 
 def pick_group(groups: Sequence[GroupT], rule: str) -> GroupT:
+    """The next group to advance. Groups of shadow rows only (the agreement monitor's) wait while any other group
+    does: they never delay a request's rows."""
+    if len(groups) > 1 and any(g.shadow_only for g in groups):
+        groups = [g for g in groups if not g.shadow_only] or groups
     if rule == "deepest":
         return max(groups, key=lambda g: (g.depth, g.num_rows))
     if rule == "shallowest":

@@ -128,6 +128,7 @@ class InferenceEngine(StepEngine[LoadedBundle, WorkItem]):
             rule_codes=np.fromiter((RULE_OF_CLASS[type(item.policy)] for item in items), dtype=np.int64, count=count),
             oldest_at=time.monotonic(),
             cancellations_seen=self._cancellations,
+            shadow_only=all(item.shadow for item in items),
         )
         self._place(group)
 

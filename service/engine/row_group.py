@@ -41,6 +41,7 @@ class RowGroup:
     states_layers: int = 0  # the exits `states` has folded in (< depth after skipped heads)
     next_head_layer: int = 0  # min(head_from): no exit head is needed before this layer
     earliest_deadline: float = 0.0  # min(deadlines)
+    shadow_only: bool = False  # every row is a shadow row: it steps only when no other group is waiting
 
     def __post_init__(self) -> None:
         self.next_head_layer = int(self.head_from.min())
@@ -95,6 +96,7 @@ class RowGroup:
             oldest_at=self.oldest_at,
             cancellations_seen=self.cancellations_seen,
             states_layers=self.depth,
+            shadow_only=self.shadow_only,
         )
 
     def merged(self, other: RowGroup, backbone: LayerwiseBackbone, num_layers: int) -> RowGroup:
@@ -120,6 +122,7 @@ class RowGroup:
             oldest_at=min(self.oldest_at, other.oldest_at),
             cancellations_seen=min(self.cancellations_seen, other.cancellations_seen),
             states_layers=self.depth,
+            shadow_only=self.shadow_only and other.shadow_only,
         )
 
 

@@ -4,6 +4,9 @@ ran, and its outcome is handed back to the request.
 Every way out goes through `answer` or `drop`: answered by the engine, shed or refused at admission, abandoned in
 the queue or between steps (client gone, deadline passed), failed with its step, or cut off by shutdown. A row
 that has left (`settled`) is never counted or answered again.
+
+Shadow rows (the agreement monitor's full-depth re-runs) leave through here too, but are counted apart
+(`beem_shadow_rows_total`): no request asked for them, so they stay out of the request and exit-depth metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from service.engine.row_outcome import CaptionAnswer, ClassAnswer, Dropped, RowF
 from service.engine.work_item import QueuedRow
 from service.metrics import ServiceMetrics
 
+# beem_shadow_rows_total's outcome for each fate: a shadow row is answered to be compared; one dropped for a request
+# or for shutdown was shed.
+SHADOW_OUTCOME = {RowFate.ANSWERED: "compared", RowFate.SHUTDOWN: "shed", RowFate.CLIENT_GONE: "shed"}
+
 
 class RowLedger:
     def __init__(self, metrics: ServiceMetrics, task: str, num_layers: int) -> None:
@@ -25,6 +32,8 @@ class RowLedger:
         self._left = {fate: metrics.rows.labels(task, fate.value) for fate in RowFate}
         self._computed = metrics.layers_computed.labels(task)
         self._possible = metrics.layers_possible.labels(task)
+        self._shadow_left = {fate: metrics.shadow_rows.labels(SHADOW_OUTCOME.get(fate, fate.value)) for fate in RowFate}
+        self.shadow_rows_in_engine = 0  # shadow rows that joined the engine and have not left (admission caps it)
 
     def admitted(self, count: int) -> None:
         self._admitted.inc(count)
@@ -39,6 +48,10 @@ class RowLedger:
         if item.settled:
             return False
         item.settled, item.answered_at = True, time.monotonic()
+        if item.shadow:
+            self._shadow_settled(item, RowFate.ANSWERED)
+            item.on_done(answer)
+            return True
         histogram = self.metrics.exit_layer.labels(item.policy_name, self.task)
         for layer in exit_layers:
             histogram.observe(layer)
@@ -57,7 +70,16 @@ class RowLedger:
                 continue
             item.settled = True
             left += 1
+            if item.shadow:
+                self._shadow_settled(item, fate)
+                item.on_done(Dropped(fate, detail))
+                continue
             self._computed.inc(layers_run)
             self._left[fate].inc()
             item.on_done(Dropped(fate, detail))
         return left
+
+    def _shadow_settled(self, item: QueuedRow, fate: RowFate) -> None:
+        self._shadow_left[fate].inc()
+        if item.joined_at:
+            self.shadow_rows_in_engine -= 1

@@ -291,7 +291,7 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         room_rows = self.budget.max_rows - self.inflight_rows
         if room_rows <= 0:
             return
-        if not self.queue.depth:
+        if not self.queue.depth and not self.queue.shadow_depth:
             return
         items = self.queue.take(room_rows, self.budget.max_tokens - self.inflight_tokens, not self.inflight_rows)
         if not items:

@@ -27,6 +27,8 @@ class QueuedRow:
     cancelled: bool = False
     cancelled_as: RowFate = RowFate.CLIENT_GONE  # why: the client left, or a sibling row failed the request
     settled: bool = False  # it has left and been counted (RowLedger): nothing may count or answer it again
+    shadow: bool = False  # a shadow row: an answered row re-run at full depth for the agreement monitor, at low
+    # priority (it joins only when no request's row waits, and is the first thing shed); no client waits for it
 
     @property
     def num_tokens(self) -> int:

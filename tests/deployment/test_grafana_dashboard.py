@@ -10,24 +10,15 @@ from typing import Any
 
 import yaml
 
-from service.metrics import ServiceMetrics
+from tests.deployment.exported_metrics import exported_series_names
 
 GRAFANA = Path(__file__).resolve().parents[2] / "docker" / "grafana"
 METRIC_NAME = re.compile(r"\bbeem_[a-z_]+\b")
-SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",)}
 
 
 def dashboard() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((GRAFANA / "dashboards" / "beem-serve.json").read_text())
     return loaded
-
-
-def exported_series_names() -> set[str]:
-    """Every sample name /metrics can show, from the server's own metric definitions."""
-    names = set()
-    for family in ServiceMetrics(num_layers=6).registry.collect():
-        names |= {family.name + suffix for suffix in SUFFIXES[family.type]}
-    return names
 
 
 def expressions() -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ class FakeGroup:
     depth: int
     num_rows: int
     oldest_at: float
+    shadow_only: bool = False
 
 
 SPREAD = [FakeGroup(4, 2, 1.0), FakeGroup(1, 5, 3.0), FakeGroup(0, 1, 4.0), FakeGroup(2, 3, 0.5)]
@@ -37,6 +38,14 @@ NO_NEIGHBOURS = [FakeGroup(5, 2, 2.0), FakeGroup(2, 6, 1.0), FakeGroup(0, 1, 3.0
 )
 def test_each_rule_picks(rule: str, groups: list[FakeGroup], picked: int) -> None:
     assert pick_group(groups, rule) is groups[picked]
+
+
+@pytest.mark.parametrize("rule", GROUP_SELECTION_RULES)
+def test_shadow_only_groups_wait_while_another_group_does(rule: str) -> None:
+    shadow = FakeGroup(5, 8, 0.0, shadow_only=True)  # deepest, largest and oldest: every rule would pick it
+    request = FakeGroup(0, 1, 9.0)
+    assert pick_group([shadow, request], rule) is request
+    assert pick_group([shadow], rule) is shadow  # alone, it runs
 
 
 def test_every_rule_is_tabled_and_an_unknown_one_is_refused() -> None:
