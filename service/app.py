@@ -1,16 +1,19 @@
-"""The app factory and lifespan (DESIGN 5.3): `create_app(settings)` wires settings, metrics, engine and routes.
+"""The app factory and lifespan (DESIGN 5.3): `create_app(settings)` wires settings, metrics, models and routes.
 
-The bundle's manifest and checksums are verified before the app exists, so a bad bundle stops start-up with a
-message. The model itself loads in the background: /healthz answers at once, /readyz turns 200 when it is
-warm. On shutdown (SIGTERM via uvicorn) the server stops accepting connections, finishes what was admitted, and
-the engine drains before the process exits.
+Every served bundle's manifest and checksums are verified before the app exists, so a bad bundle stops start-up
+with a message. The models themselves load in the background, one after another: /healthz answers at once,
+/readyz turns 200 when every model is warm. A request names its model (or gets its task's default), and holds
+that model's serving version until it is answered; new versions swap in while the server runs
+(`service/models/hot_swap.py`: polling, `POST /admin/reload`, SIGHUP). On shutdown (SIGTERM via uvicorn) the
+server stops accepting connections, finishes what was admitted, and every engine drains before the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,19 +21,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from beem.bundle.manifest import read_manifest, resolve_bundle_dir
-from service.captioning import CaptionService
-from service.classification import ClassificationService
-from service.engine.admission_queue import AdmissionLimits, AdmissionQueue
-from service.engine.caption_engine import CaptionEngine
-from service.engine.device_engine import DeviceInferenceEngine, DevicePathOptions
-from service.engine.drain_rate import DrainRate
-from service.engine.inference_engine import InferenceEngine
-from service.engine.row_ledger import RowLedger
-from service.engine.step_engine import EngineBudget, resolve_device
 from service.errors import error_response, install_error_handlers
-from service.metrics import ServiceMetrics
-from service.routes import caption, classify, operations, predict, tei_info, tokenize
+from service.metrics import ServerMetrics
+from service.models.hot_swap import VersionWatcher
+from service.models.model_registry import ModelRegistry
+from service.models.served_version import build_engine, uses_device_path
+from service.routes import admin, caption, classify, operations, predict, tei_info, tokenize
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -39,24 +35,30 @@ COUNTED_ROUTES = {
     "classification": frozenset({"/v1/classify", "/predict", "/", "/invocations", "/tokenize", "/info", "/v1/models"}),
     "caption": frozenset({"/v1/caption", "/v1/models"}),
 }
+__all__ = ["build_engine", "create_app", "uses_device_path"]
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
-    """A classification or a caption server, by the bundle's task: each gets its engine and its routes."""
-    manifest = read_manifest(resolve_bundle_dir(settings.bundle))  # read and verified once, here
-    engine = build_engine(settings, manifest.task, manifest.num_layers)
-    metrics = engine.metrics
+    """A server for every bundle the settings name: each model gets its engine, each task its routes."""
+    models = ModelRegistry(settings)  # every starting version's manifest read and verified once, here
+    metrics = ServerMetrics(lambda: [(v.name, v.version, v.metrics) for v in models.live_versions()])
+    watcher = VersionWatcher(models, settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        load = functools.partial(engine.load, settings.bundle, settings.torch_threads, manifest=manifest)
-        loading = asyncio.create_task(asyncio.to_thread(load))
-        loading.add_done_callback(_log_load_failure)
+        async def start() -> None:
+            await watcher.load_initial()
+            watcher.start_polling()
+
+        starting = asyncio.create_task(start())
+        reloads_on_sighup = _reload_on_sighup(watcher)
         yield
         app.state.shutting_down = True
-        await asyncio.to_thread(engine.close)
-        if not loading.done():
-            loading.cancel()
+        if reloads_on_sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if not starting.done():
+            starting.cancel()
+        await watcher.close()
 
     app = FastAPI(
         title="beem-serve",
@@ -65,60 +67,47 @@ def create_app(settings: ServerSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.manifest = manifest
+    app.state.models = models
+    app.state.watcher = watcher
     app.state.metrics = metrics
-    app.state.engine = engine
     app.state.shutting_down = False
     install_error_handlers(app)
-    if isinstance(engine, CaptionEngine):
-        app.state.captioning = CaptionService(engine, settings)
+    counted: frozenset[str] = frozenset()
+    if "caption" in models.tasks:
         app.include_router(caption.router)
-    else:
-        app.state.classification = ClassificationService(engine, settings)
+        counted |= COUNTED_ROUTES["caption"]
+    if "classification" in models.tasks:
         app.include_router(classify.router)
         app.include_router(predict.router)
         app.include_router(tokenize.router)
         app.include_router(tei_info.router)
+        counted |= COUNTED_ROUTES["classification"]
     app.include_router(operations.router)
+    app.include_router(admin.router)
     # Added last = outermost: requests rejected for their size are counted too.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, counted=COUNTED_ROUTES[manifest.task])
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, counted=counted)
     return app
 
 
-def build_engine(settings: ServerSettings, task: str, num_layers: int) -> InferenceEngine | CaptionEngine:
-    """The engine of a bundle's task, with its admission queue, ledger and drain rate, from the settings."""
-    metrics = ServiceMetrics(num_layers)
-    engine_class = CaptionEngine if task == "caption" else InferenceEngine
-    ledger = RowLedger(metrics, engine_class.task, num_layers)
-    drain = DrainRate()
-    limits = AdmissionLimits(settings.max_queue, settings.max_queue_wait_ms / 1000, settings.max_batch_wait_ms / 1000)
-    budget = EngineBudget(settings.max_batch_size, settings.max_batch_tokens, settings.group_selection)
-    queue = AdmissionQueue(limits, ledger, drain, metrics)  # type: ignore[var-annotated]
-    if task != "caption" and uses_device_path(settings):
-        options = DevicePathOptions(settings.step_buckets(), settings.cuda_graphs, settings.skip_unprofitable_exits,
-                                    settings.compile_decisions)  # fmt: skip
-        return DeviceInferenceEngine(queue, ledger, drain, metrics, budget, settings.device, settings.dtype,
-                                     options=options)  # fmt: skip
-    return engine_class(queue, ledger, drain, metrics, budget, settings.device, settings.dtype)
+def _reload_on_sighup(watcher: VersionWatcher) -> bool:
+    """SIGHUP looks for new versions (retrying refused ones), as servers reload their configuration. Only where
+    the event loop runs in the main thread (uvicorn's); False elsewhere (an app driven by a test client)."""
 
+    def reload() -> None:
+        log.info("SIGHUP: looking for new model versions")
+        watcher.reload_in_background()
 
-def uses_device_path(settings: ServerSettings) -> bool:
-    """engine_path auto: the device path where the engine will run on CUDA, the host path on the CPU."""
-    if settings.engine_path != "auto":
-        return settings.engine_path == "device"
-    return resolve_device(settings.device, settings.dtype)[0].type == "cuda"
-
-
-def _log_load_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the bundle did not load; /readyz stays 503: %s", task.exception())
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+        return True
+    return False
 
 
 class RequestMetricsMiddleware:
     """beem_requests_total and beem_request_duration_seconds for the API routes, whatever the outcome."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, counted: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, counted: frozenset[str]) -> None:
         self.app = app
         self.metrics = metrics
         self.counted = counted
@@ -141,8 +130,9 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            policy = (scope.get("state") or {}).get("policy", "none")
-            self.metrics.requests.labels(scope["path"], policy, str(status)).inc()
+            state = scope.get("state") or {}
+            self.metrics.requests.labels(scope["path"], state.get("model", "none"), state.get("policy", "none"),
+                                         str(status)).inc()  # fmt: skip
             self.metrics.request_duration.labels(scope["path"]).observe(time.perf_counter() - started)
 
 

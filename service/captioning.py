@@ -13,15 +13,19 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from beem.captioning.caption_bundle import LoadedCaptionBundle
+from beem.policies.exit_policies import ExitPolicy
 from service.answer_waiting import RequestAnswers
 from service.engine.caption_engine import CaptionEngine
 from service.engine.row_outcome import CaptionAnswer
 from service.engine.work_item import CaptionWorkItem
 from service.errors import NotReadyError
 from service.image_input import image_from_bytes
+from service.monitoring.shadow_monitor import ShadowMonitor
 from service.policy_choice import ChosenPolicy, choose_policy
 from service.schemas import PolicySpec
 from service.settings import ServerSettings
+
+SHADOW_DEADLINE_S = 30.0  # a shadow caption not started by then is dropped (counted as timeout)
 
 
 class CaptionService:
@@ -30,6 +34,8 @@ class CaptionService:
     def __init__(self, engine: CaptionEngine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings
+        self.live_policies: dict[str, ExitPolicy] = {}  # what requests are served with (online control moves them)
+        self.monitor: ShadowMonitor | None = None  # set once the bundle is loaded
 
     def ready(self) -> ReadyCaptioner:
         """The loaded, warmed-up captioner; 503 while it is still loading (before any image is decoded)."""
@@ -45,11 +51,12 @@ class ReadyCaptioner:
     bundle: LoadedCaptionBundle
 
     def policy(self, spec: PolicySpec | None) -> ChosenPolicy:
-        return choose_policy(self.bundle.manifest, self.bundle.policies, spec)
+        return choose_policy(self.bundle.manifest, self.service.live_policies or self.bundle.policies, spec)
 
     async def caption(self, request: Request, image_bytes: bytes, chosen: ChosenPolicy) -> CaptionAnswer:
         settings, engine = self.service.settings, self.service.engine
         engine.queue.check(1)  # shed (429) before decoding the image
+        started = time.perf_counter()
         image = await asyncio.to_thread(image_from_bytes, image_bytes, settings.max_image_pixels)
         answers = RequestAnswers(asyncio.get_running_loop(), 1, CaptionAnswer)
         item = CaptionWorkItem(
@@ -61,4 +68,25 @@ class ReadyCaptioner:
         )
         engine.submit([item])
         (answer,) = await answers.wait(request, [item], settings.request_timeout_s, engine.notice_cancellation)
+        monitor = self.service.monitor
+        if monitor is not None and monitor.monitors(chosen.name, chosen.policy):
+            self._shadow(monitor, chosen, item, answer, time.perf_counter() - started)
         return answer
+
+    def _shadow(
+        self,
+        monitor: ShadowMonitor,
+        chosen: ChosenPolicy,
+        item: CaptionWorkItem,
+        answer: CaptionAnswer,
+        latency_s: float,
+    ) -> None:
+        """Count the caption for the agreement monitor (early: some token left before the last layer) and, when
+        sampled, caption the image again at full depth, at low priority."""
+        early = any(layer < self.bundle.num_layers for layer in answer.exit_layers)
+        if monitor.observe_rows(chosen.name, [early], latency_s):
+            self.service.engine.queue.submit_shadow(CaptionWorkItem(
+                image=item.image, policy=self.bundle.policies["full"], policy_name="full",
+                deadline=time.monotonic() + SHADOW_DEADLINE_S, on_done=monitor.comparison(chosen.name, chosen.policy,
+                                                                                          answer), shadow=True,
+            ))  # fmt: skip

@@ -18,17 +18,20 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from beem.bundle.bundle_reader import LoadedBundle
+from beem.policies.exit_policies import ExitPolicy
 from service.answer_waiting import RequestAnswers
 from service.engine.inference_engine import InferenceEngine
 from service.engine.row_outcome import ClassAnswer
 from service.engine.work_item import WorkItem
 from service.errors import InputValidationError, NotReadyError, PayloadTooLargeError
+from service.monitoring.shadow_monitor import ShadowMonitor
 from service.policy_choice import ChosenPolicy, choose_policy
 from service.schemas import PolicySpec
 from service.settings import ServerSettings
 from service.text_encoder import TextEncoder, TokenSpan
 
 INLINE_TOKENIZE_MAX_CHARS = 2000
+SHADOW_DEADLINE_S = 10.0  # a shadow row not run by then is dropped (counted as timeout): the engine had no room
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class ClassificationService:
         self.engine = engine
         self.settings = settings
         self._text_encoder: TextEncoder | None = None  # made once the bundle is loaded
+        self.live_policies: dict[str, ExitPolicy] = {}  # what requests are served with (online control moves them)
+        self.monitor: ShadowMonitor | None = None  # set once the bundle is loaded
 
     def ready(self) -> ReadyClassifier:
         """The loaded, warmed-up model; 503 while it is still loading."""
@@ -97,7 +102,7 @@ class ReadyClassifier:
         return self.text_encoder.max_tokens
 
     def policy(self, spec: PolicySpec | None) -> ChosenPolicy:
-        return choose_policy(self.bundle.manifest, self.bundle.policies, spec)
+        return choose_policy(self.bundle.manifest, self.service.live_policies or self.bundle.policies, spec)
 
     async def tokenize(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[TokenSpan]]:
         """Every text's tokens with their spans, untruncated (TEI's /tokenize); long texts off the event loop."""
@@ -135,6 +140,9 @@ class ReadyClassifier:
         ]
         engine.submit(items)
         results = await answers.wait(request, items, settings.request_timeout_s, engine.notice_cancellation)
+        monitor = self.service.monitor
+        if monitor is not None and call.max_layers is None and monitor.monitors(call.policy.name, call.policy.policy):
+            self._shadow(monitor, call.policy, items, results, time.perf_counter() - started)
         return ClassifyOutcome(
             answers=tuple(results),
             characters=sum(len(row.text) + len(row.pair or "") for row in call.rows),
@@ -143,6 +151,27 @@ class ReadyClassifier:
             queue_s=sum(item.joined_at - item.enqueued_at for item in items) / len(items),
             inference_s=sum(item.answered_at - item.joined_at for item in items) / len(items),
         )
+
+    def _shadow(
+        self,
+        monitor: ShadowMonitor,
+        chosen: ChosenPolicy,
+        items: list[WorkItem],
+        answers: list[ClassAnswer],
+        latency_s: float,
+    ) -> None:
+        """Count the rows for the agreement monitor, and re-run the sampled early exits at full depth, at low
+        priority (no client waits for them)."""
+        num_layers = self.bundle.num_layers
+        sampled = monitor.observe_rows(chosen.name, [a.exit_layer < num_layers for a in answers], latency_s)
+        full = self.bundle.policies["full"]
+        for row in sampled:
+            item = items[row]
+            self.service.engine.queue.submit_shadow(WorkItem(
+                input_ids=item.input_ids, token_type_ids=item.token_type_ids, policy=full, policy_name="full",
+                last_layer=num_layers, deadline=time.monotonic() + SHADOW_DEADLINE_S,
+                on_done=monitor.comparison(chosen.name, chosen.policy, answers[row]), shadow=True,
+            ))  # fmt: skip
 
     def _check_count(self, count: int) -> None:
         if count == 0:

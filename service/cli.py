@@ -17,7 +17,12 @@ from loadtest import cli as loadtest_cli
 from service.engine.group_selection import GROUP_SELECTION_RULES
 
 SERVE_FLAGS = (
-    ("--bundle", str, "bundle directory (default: the committed default bundle)"),
+    ("--model-store", str, "serve every model directory under this folder"),
+    ("--default-model", str, "the model answering requests that name none"),
+    ("--poll-interval-s", float, "look for new model versions this often (0: only on reload or SIGHUP)"),
+    ("--shadow-fraction", float, "share of early-exited rows re-run at full depth for the agreement monitor"),
+    ("--alpha-control-target", float, "online control: agreement with full depth to hold (default: calibration's)"),
+    ("--latency-slo-ms", float, "online control: loosen the threshold while p95 is over this, within the budget"),
     ("--host", str, "interface to listen on (default 127.0.0.1)"),
     ("--port", int, "port (default 8000; 0 picks a free one)"),
     ("--device", str, "auto | cpu | cuda"),
@@ -48,6 +53,11 @@ def _serve(args: argparse.Namespace) -> int:
         flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
         for flag, _, _ in SERVE_FLAGS
     }
+    bundles = args.bundle or []
+    if bundles:
+        overrides["bundle"], overrides["more_bundles"] = bundles[0], bundles[1:]
+    if args.alpha_control:
+        overrides["alpha_control"] = args.alpha_control
     try:
         settings = ServerSettings(**{key: value for key, value in overrides.items() if value is not None})
         app = create_app(settings)
@@ -69,6 +79,15 @@ def parser() -> argparse.ArgumentParser:
     root = offline_cli.parser()
     commands = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
     serve = commands.add_parser("serve", help="serve a bundle over HTTP (FastAPI + uvicorn)")
+    serve.add_argument("--bundle", action="append", help="a bundle directory to serve (a model directory: its "
+                       "latest version, swapped as new ones appear; repeat for several models; default: the committed "
+                       "default bundle)")  # fmt: skip
+    serve.add_argument(
+        "--alpha-control",
+        action="append",
+        metavar="MODEL",
+        help="control this model's default-policy threshold online ('all': every model; repeatable)",
+    )
     for flag, kind, help_text in SERVE_FLAGS:
         serve.add_argument(flag, type=kind, help=help_text)
     serve.set_defaults(handler=_serve)

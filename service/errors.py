@@ -49,6 +49,13 @@ class UnauthorizedError(ServiceError):
     headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
 
 
+class ModelNotFoundError(ServiceError):
+    """A request named a model (or version) this server does not serve."""
+
+    status_code = 404
+    error_type = "model_not_found"
+
+
 class NotReadyError(ServiceError):
     status_code = 503
     error_type = "unavailable"

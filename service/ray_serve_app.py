@@ -26,8 +26,7 @@ from ray.serve import Application, Deployment
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
-from service.engine.caption_engine import CaptionEngine
-from service.engine.inference_engine import InferenceEngine
+from service.models.model_registry import ModelRegistry
 from service.settings import ServerSettings
 
 DEPLOYMENT_NAME = "beem"
@@ -81,7 +80,7 @@ class BeemReplica:
         app = create_app(ServerSettings(**self.settings_overrides))
         app.add_middleware(ReplicaHeaderMiddleware, replica=replica_name())
         # Added last = outermost: it sees the lifespan before anything else does.
-        app.add_middleware(WarmBeforeStartupMiddleware, engine=app.state.engine)
+        app.add_middleware(WarmBeforeStartupMiddleware, models=app.state.models)
         return app
 
 
@@ -131,9 +130,9 @@ class WarmBeforeStartupMiddleware:
     a cold replica out of routing, and a bundle that fails to load fails the replica (Serve retries it).
     """
 
-    def __init__(self, app: ASGIApp, engine: InferenceEngine | CaptionEngine) -> None:
+    def __init__(self, app: ASGIApp, models: ModelRegistry) -> None:
         self.app = app
-        self.engine = engine
+        self.models = models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -151,11 +150,12 @@ class WarmBeforeStartupMiddleware:
 
     async def _wait_warm(self) -> str | None:
         while True:
-            health = self.engine.health()
-            if health.warmed_up:
+            if self.models.all_ready():
                 return None
-            if health.error is not None or health.closed:
-                return health.error or "the engine closed while loading"
+            for model in self.models.models.values():
+                version, health = model.active, model.active.engine.health()
+                if version.error is not None or health.error is not None or health.closed:
+                    return f"{model.name}: {version.error or health.error or 'the engine closed while loading'}"
             await asyncio.sleep(WARM_POLL_S)
 
 

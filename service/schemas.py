@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictStr,
+    StringConstraints,
     Tag,
     TypeAdapter,
     create_model,
@@ -113,10 +114,18 @@ else:
 POLICY_SPEC = TypeAdapter(PolicySpec)
 
 
+MODEL_REFERENCE = 'the model to run, "name" or "name:version" (default: the server\'s default model of this task)'
+# A model name as the builder writes it, optionally with the version that must be serving.
+ModelReference = Annotated[
+    str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(:[0-9]{1,9})?$")
+]
+
+
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inputs: ClassifyInputs = Field(description=CLASSIFY_INPUTS_SHAPE)
+    model: ModelReference | None = Field(None, description=MODEL_REFERENCE)
     policy: PolicySpec | None = Field(None, description="default: the bundle's calibrated beem-a")
     max_layers: int | None = Field(None, ge=1, description="no sample runs deeper than this layer")
     return_exits: StrictBool = Field(False, description="list every computed exit's label and confidence")
@@ -245,6 +254,7 @@ class CaptionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: StrictStr = Field(description="the PNG or JPEG file, base64-encoded (a data: URL prefix is allowed)")
+    model: ModelReference | None = Field(None, description=MODEL_REFERENCE)
     policy: PolicySpec | None = Field(None, description="default: the bundle's calibrated beem-a")
 
 

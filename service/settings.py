@@ -18,6 +18,43 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BEEM_", extra="forbid")
 
     bundle: Path = Field(DEFAULT_BUNDLE, description="bundle directory (a version, or a model for its latest)")
+    more_bundles: list[Path] = Field(
+        default_factory=list, description="more bundle directories served beside `bundle` (`--bundle` repeated)"
+    )
+    model_store: Path | None = Field(
+        None, description="serve every model directory under this folder (`bundle` too only when set explicitly)"
+    )
+    default_model: str | None = Field(
+        None, description="model answering requests that name none (default: `bundle`'s when served, else the "
+        "first by name); the TEI routes use it (or the first classifier, when it is a captioner)",
+    )  # fmt: skip
+    poll_interval_s: float = Field(
+        30.0, ge=0, description="look for new version directories of served models this often (0: only on "
+        "POST /admin/reload or SIGHUP)",
+    )  # fmt: skip
+    shadow_fraction: float = Field(
+        0.02, ge=0, le=1, description="share of early-exited rows re-run at full depth, at low priority, for the "
+        "agreement monitor (0: off)",
+    )  # fmt: skip
+    shadow_max_rows_in_engine: int = Field(4, ge=1, description="shadow rows in flight at once, per model")
+    shadow_window: int = Field(400, ge=10, description="recent shadow comparisons the agreement estimate uses")
+    alpha_control: list[str] = Field(
+        default_factory=list, description="models whose default policy's threshold (BEEM's alpha) is controlled "
+        "online from the shadow samples; 'all' for every model",
+    )  # fmt: skip
+    alpha_control_target: float | None = Field(
+        None, gt=0, le=1, description="agreement with full depth to hold (default: the calibration split's)"
+    )
+    alpha_control_step: float = Field(
+        0.05, gt=0, le=1, description="one change moves the threshold by this share of its calibrated value"
+    )
+    alpha_control_min_comparisons: int = Field(50, ge=1, description="shadow comparisons between two changes")
+    alpha_control_lowest: float = Field(
+        0.8, gt=0, le=1, description="the threshold never goes below this share of its calibrated value"
+    )
+    latency_slo_ms: float | None = Field(
+        None, gt=0, description="latency-SLO mode: while p95 is over this, loosen the threshold within the budget"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -67,9 +104,17 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _bundle_exists(self) -> ServerSettings:
-        if not self.bundle.exists():
-            raise ValueError(f"bundle {self.bundle} does not exist")
+        for bundle in (self.bundle, *self.more_bundles):
+            if not bundle.exists():
+                raise ValueError(f"bundle {bundle} does not exist")
+        if self.model_store is not None and not self.model_store.is_dir():
+            raise ValueError(f"model store {self.model_store} is not a directory")
         return self
+
+    def bundle_paths(self) -> list[Path]:
+        """The bundle directories named one by one (`bundle` unless only a model store was given)."""
+        named_bundle = self.model_store is None or "bundle" in self.model_fields_set
+        return [self.bundle, *self.more_bundles] if named_bundle else list(self.more_bundles)
 
     @model_validator(mode="after")
     def _buckets_parse(self) -> ServerSettings:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from service.classification import ClassifyCall, TextRow
-from service.routes.dependencies import Classifier, require_api_key
+from service.routes.dependencies import Models, require_api_key
 from service.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, ErrorBody, ExitInfo
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
-ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 422, 429, 503, 504)}
+ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 413, 422, 429, 503, 504)}
 
 
 def rows_of(inputs: str | list[str] | list[tuple[str, str]]) -> tuple[TextRow, ...]:
@@ -19,12 +19,15 @@ def rows_of(inputs: str | list[str] | list[tuple[str, str]]) -> tuple[TextRow, .
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS)  # type: ignore[arg-type]
-async def classify(body: ClassifyRequest, request: Request, classifier: Classifier) -> ClassifyResponse:
-    chosen = classifier.policy(body.policy)
-    request.state.policy = chosen.name
-    call = ClassifyCall(rows=rows_of(body.inputs), policy=chosen, max_layers=body.max_layers,
-                        return_exits=body.return_exits, truncate=body.truncate)  # fmt: skip
-    outcome = await classifier.classify(call, request)
+async def classify(body: ClassifyRequest, request: Request, models: Models) -> ClassifyResponse:
+    with models.lease(body.model, "classification") as served:  # held until answered: a swap lets it finish
+        request.state.model = served.name
+        classifier = served.classifier()
+        chosen = classifier.policy(body.policy)
+        request.state.policy = chosen.name
+        call = ClassifyCall(rows=rows_of(body.inputs), policy=chosen, max_layers=body.max_layers,
+                            return_exits=body.return_exits, truncate=body.truncate)  # fmt: skip
+        outcome = await classifier.classify(call, request)
     bundle = classifier.bundle
     labels = bundle.labels
     results = [

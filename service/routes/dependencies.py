@@ -1,5 +1,5 @@
-"""Per-request dependencies: the task's model once it is ready (the one readiness check of a request), and the
-optional API key.
+"""Per-request dependencies: the model registry, the task's default model once it is ready (the one readiness
+check of a request, held until the request is answered), and the optional API key.
 
 All are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread pool, a thread hand-off per
 request that cost more than the check itself."""
@@ -7,34 +7,29 @@ request that cost more than the check itself."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from beem.bundle.manifest import Manifest
-from service.captioning import CaptionService, ReadyCaptioner
-from service.classification import ClassificationService, ReadyClassifier
-from service.errors import NotReadyError, UnauthorizedError
+from service.classification import ReadyClassifier
+from service.errors import UnauthorizedError
+from service.models.model_registry import ModelRegistry
 
 
-async def ready_classifier(request: Request) -> ReadyClassifier:
-    """503 while the model loads; afterwards the loaded model the whole request uses."""
-    service: ClassificationService = request.app.state.classification
-    return service.ready()
+async def model_registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.models
+    return registry
 
 
-async def ready_manifest(request: Request) -> Manifest:
-    """Either task's manifest, once its model is ready (503 before)."""
-    health = request.app.state.engine.health()
-    if not health.warmed_up:
-        raise NotReadyError("the model is still loading; retry shortly")
-    manifest: Manifest = request.app.state.manifest
-    return manifest
+Models = Annotated[ModelRegistry, Depends(model_registry)]
 
 
-async def ready_captioner(request: Request) -> ReadyCaptioner:
-    service: CaptionService = request.app.state.captioning
-    return service.ready()
+async def default_classifier(request: Request, models: Models) -> AsyncIterator[ReadyClassifier]:
+    """The default classifier (TEI's routes), ready, held until the request is answered; 503 while it loads."""
+    with models.lease(None, "classification") as served:
+        request.state.model = served.name
+        yield served.classifier()
 
 
 async def require_api_key(request: Request) -> None:
@@ -50,6 +45,4 @@ async def require_api_key(request: Request) -> None:
         raise UnauthorizedError("missing or wrong API key")
 
 
-Classifier = Annotated[ReadyClassifier, Depends(ready_classifier)]
-Captioner = Annotated[ReadyCaptioner, Depends(ready_captioner)]
-ReadyManifest = Annotated[Manifest, Depends(ready_manifest)]
+Classifier = Annotated[ReadyClassifier, Depends(default_classifier)]

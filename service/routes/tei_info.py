@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.engine.device_engine import DeviceInferenceEngine
 from service.errors import NotReadyError
-from service.routes.dependencies import Classifier, require_api_key
+from service.routes.dependencies import Classifier, Models, require_api_key
 from service.schemas import ClassifierModel, EarlyExitInfo, ErrorBody, InfoResponse, ModelType
 
 router = APIRouter()
@@ -28,7 +28,7 @@ SERVER_VERSION = importlib.metadata.version("beem-serve")
             dependencies=[Depends(require_api_key)])  # fmt: skip
 async def info(request: Request, classifier: Classifier) -> InfoResponse:
     settings = request.app.state.settings
-    engine = request.app.state.engine
+    engine = classifier.service.engine
     manifest = classifier.bundle.manifest
     labels = manifest.labels
     return InfoResponse(
@@ -61,10 +61,12 @@ async def info(request: Request, classifier: Classifier) -> InfoResponse:
     )  # fmt: skip
 
 
-async def health(request: Request) -> Response:
-    engine_health = request.app.state.engine.health()
-    if not engine_health.warmed_up or engine_health.closed or request.app.state.shutting_down:
-        detail = f" ({engine_health.error})" if engine_health.error else ""
+async def health(request: Request, models: Models) -> Response:
+    """TEI's health: the default classifier's serving version is warm."""
+    served = models.default_for("classification").active
+    engine_health = served.engine.health()
+    if not served.ready or engine_health.closed or request.app.state.shutting_down:
+        detail = f" ({served.error or engine_health.error})" if served.error or engine_health.error else ""
         raise NotReadyError(f"unhealthy: the model is not ready{detail}")
     return Response(status_code=200)
 

@@ -27,7 +27,7 @@ def test_a_step_that_raises_answers_500_and_the_next_request_is_served(
     tiny_bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for client in ready_client(ServerSettings(bundle=tiny_bundle_dir)):
-        model = client.app.state.engine.bundle.model  # type: ignore[attr-defined]
+        model = client.app.state.models.default_for("classification").active.engine.bundle.model  # type: ignore[attr-defined]
         monkeypatch.setattr(model, "run_layer", _failing_once(model.run_layer))
         failed = client.post("/v1/classify", json={"inputs": ["one", "two"]})
         assert failed.status_code == 500
@@ -47,7 +47,7 @@ def test_a_fault_outside_a_step_stops_the_engine_and_says_so(
     """When the loop's own bookkeeping fails, the engine's state is not trusted: the rows in flight get 500 at once
     (not a 504 at their timeout), and the server refuses new work with 503 and a reason instead of queueing it."""
     for client in ready_client(ServerSettings(bundle=tiny_bundle_dir)):
-        engine = client.app.state.engine  # type: ignore[attr-defined]
+        engine = client.app.state.models.default_for("classification").active.engine  # type: ignore[attr-defined]
 
         def broken_record(rows_left: int, busy_s: float) -> None:
             raise RuntimeError("injected bookkeeping fault")

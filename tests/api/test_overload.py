@@ -14,7 +14,7 @@ from tests.api.conftest import ready_client
 
 def test_expected_wait_past_the_bound_sheds_with_retry_after(tiny_bundle_dir: Path) -> None:
     for client in ready_client(ServerSettings(bundle=tiny_bundle_dir, max_queue_wait_ms=500)):
-        engine = client.app.state.engine  # type: ignore[attr-defined]
+        engine = client.app.state.models.default_for("classification").active.engine  # type: ignore[attr-defined]
         engine.drain.record(10, 1.0)  # the engine has measured 10 rows per busy second
         engine.queue.engine_rows = 30  # and holds 30 rows: a new request would wait 3 s
         response = client.post("/v1/classify", json={"inputs": ["one", "two"]})

@@ -76,3 +76,29 @@ def test_the_promised_panels_are_there() -> None:
     assert "beem_batch_size" in by_title["batch size"]
     assert "beem_queue_depth" in by_title["queue depth"]
     assert 'status="429"' in by_title["shed load (429) per second"]
+
+
+def test_panels_do_not_overlap() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_the_early_exit_health_panels_are_there() -> None:
+    """What the alert rules (docker/prometheus/alerts.yml) watch, drawn: agreement against its calibrated level and
+    the alert line, accuracy loss against budget, the live threshold and its changes, versions and reloads."""
+    by_title = {panel["title"]: " ".join(t["expr"] for t in panel["targets"]) for panel in dashboard()["panels"]}
+    agreement = by_title["Shadow agreement vs calibrated"]
+    assert "beem_shadow_agreement)" in agreement and "beem_shadow_agreement_calibrated)" in agreement
+    assert "beem_shadow_agreement_calibrated - beem_shadow_agreement_noise" in agreement
+    loss = by_title["Estimated accuracy loss vs budget"]
+    assert "beem_shadow_estimated_accuracy_loss" in loss and "beem_accuracy_budget" in loss
+    threshold = by_title["Live threshold (alpha)"]
+    assert "beem_policy_threshold)" in threshold and "beem_policy_threshold_changes_total" in threshold
+    versions = by_title["Model versions / reloads"]
+    assert "beem_model_serving_version" in versions and "by (model, outcome)" in versions
+    assert "beem_model_reloads_total" in versions

@@ -22,6 +22,9 @@ from service.settings import ServerSettings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"
 KSERVE_EXAMPLE = "kserve-inferenceservice.yaml"
+# The alert rules as a Prometheus Operator PrometheusRule: optional like the KServe example (the operator's CRDs).
+PROMETHEUS_RULE = "prometheus-rule.yaml"
+ALERT_RULES = REPO_ROOT / "docker" / "prometheus" / "alerts.yml"
 LISTED = sorted(yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["resources"])
 # Oldest Kubernetes the manifests target (the preStop `sleep` action is on by default from 1.30) and the newest
 # schemas the pinned kubernetes-validate ships.
@@ -91,10 +94,11 @@ def _served_paths() -> set[str]:
 # --- the kustomization and schema validation ------------------------------------------------------------------------
 
 
-def test_kustomization_lists_every_manifest_but_the_kserve_example() -> None:
-    on_disk = {path.name for path in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml", KSERVE_EXAMPLE}
+def test_kustomization_lists_every_manifest_but_the_optional_ones() -> None:
+    optional = {KSERVE_EXAMPLE, PROMETHEUS_RULE}
+    on_disk = {path.name for path in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml", *optional}
     assert sorted(on_disk) == LISTED, "a manifest in deploy/k8s that `kubectl apply -k` would not apply"
-    assert KSERVE_EXAMPLE not in LISTED, "the KServe example needs KServe's CRDs: it must stay optional"
+    assert not optional & set(LISTED), "the KServe example and the PrometheusRule need CRDs: they stay optional"
     assert {doc["kind"] for doc in _resources()} == {
         "Namespace", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
     }  # fmt: skip
@@ -309,3 +313,12 @@ def test_prometheus_adapter_rule_exposes_queue_depth_per_pod() -> None:
     assert rule["name"].get("as", QUEUE_METRIC) == QUEUE_METRIC, "the name the HPA asks the custom metrics API for"
     for placeholder in ("<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"):
         assert placeholder in rule["metricsQuery"]
+
+
+def test_prometheus_rule_carries_the_compose_alert_rules() -> None:
+    """The same groups as docker/prometheus/alerts.yml (which promtool checks and unit-tests), in the namespace."""
+    (rule,) = _documents(PROMETHEUS_RULE)
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["metadata"]["namespace"] == _one("Namespace")["metadata"]["name"]
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERT_RULES.read_text())["groups"], "edit both together"

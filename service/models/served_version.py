@@ -1,0 +1,202 @@
+"""One version of one model as the server holds it: its manifest, engine, request service and shadow monitor, its
+status, and how many requests hold it.
+
+Lifecycle: `loading` (engine thread loading and warming up) -> `serving` (takes new requests) -> `draining`
+(a newer version serves; the requests that hold this one finish on it) -> `unloaded` (engine closed, weights
+released). A version that fails to load is `refused` and never serves.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from beem.bundle.manifest import CALIBRATION_CACHE_FILE, Manifest
+from beem.calibration.agreement_levels import AgreementLevels, agreement_levels
+from beem.calibration.exit_cache import ExitCache
+from beem.calibration.threshold_search import DEFAULT_ACCURACY_BUDGET
+from beem.policies.exit_policies import BeemPolicy, ExitPolicy, MaxProbPolicy
+from service.captioning import CaptionService, ReadyCaptioner
+from service.classification import ClassificationService, ReadyClassifier
+from service.engine.admission_queue import AdmissionLimits, AdmissionQueue
+from service.engine.caption_engine import CaptionEngine
+from service.engine.device_engine import DeviceInferenceEngine, DevicePathOptions
+from service.engine.drain_rate import DrainRate
+from service.engine.inference_engine import InferenceEngine
+from service.engine.row_ledger import RowLedger
+from service.engine.row_outcome import CaptionAnswer, ClassAnswer
+from service.engine.step_engine import EngineBudget, resolve_device
+from service.metrics import ServiceMetrics
+from service.monitoring.alpha_controller import ControlSettings
+from service.monitoring.shadow_monitor import ControlledPolicy, ShadowMonitor
+from service.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+class VersionStatus(StrEnum):
+    LOADING = "loading"
+    SERVING = "serving"
+    DRAINING = "draining"
+    UNLOADED = "unloaded"
+    REFUSED = "refused"
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    name: str
+    directory: Path
+    manifest: Manifest
+    engine: InferenceEngine | CaptionEngine
+    service: ClassificationService | CaptionService
+    status: VersionStatus = VersionStatus.LOADING
+    error: str | None = None
+    leases: int = 0  # requests holding this version (event loop only)
+    monitor: ShadowMonitor | None = None
+    live_policies: dict[str, ExitPolicy] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    @property
+    def metrics(self) -> ServiceMetrics:
+        return self.engine.metrics
+
+    @property
+    def ready(self) -> bool:
+        return self.status in (VersionStatus.SERVING, VersionStatus.DRAINING) and self.engine.health().warmed_up
+
+    def classifier(self) -> ReadyClassifier:
+        """This version as a request of the classification routes uses it; 503 while it loads."""
+        assert isinstance(self.service, ClassificationService)
+        return self.service.ready()
+
+    def captioner(self) -> ReadyCaptioner:
+        assert isinstance(self.service, CaptionService)
+        return self.service.ready()
+
+    def load(self, settings: ServerSettings) -> None:
+        """Load and warm up (blocking: run it off the event loop), then set up the shadow monitor. Raises when the
+        bundle cannot be served; the version is then `refused`."""
+        try:
+            self.engine.load(self.directory, settings.torch_threads, manifest=self.manifest)
+            bundle = self.engine.bundle
+            assert bundle is not None
+            self.live_policies.update(bundle.policies)
+            self.service.live_policies = self.live_policies
+            self.monitor = self.service.monitor = build_monitor(self, settings)
+        except Exception as error:
+            self.status, self.error = VersionStatus.REFUSED, f"{type(error).__name__}: {error}"
+            self.engine.close(timeout_s=5.0)
+            raise
+
+    def unload(self) -> None:
+        """Close the engine (it finishes what was admitted) and let the weights go (blocking)."""
+        self.engine.close()
+        self.status = VersionStatus.UNLOADED
+        self.engine.bundle = None
+        self.monitor = self.service.monitor = None
+        gc.collect()
+
+
+def start_version(settings: ServerSettings, manifest: Manifest) -> ServedVersion:
+    """A version whose manifest has been read and verified, with its engine built but not loaded."""
+    engine = build_engine(settings, manifest.task, manifest.num_layers)
+    service: ClassificationService | CaptionService
+    if isinstance(engine, CaptionEngine):
+        service = CaptionService(engine, settings)
+    else:
+        service = ClassificationService(engine, settings)
+    return ServedVersion(manifest.name, manifest.path.parent, manifest, engine, service)
+
+
+def build_engine(settings: ServerSettings, task: str, num_layers: int) -> InferenceEngine | CaptionEngine:
+    """The engine of a bundle's task, with its admission queue, ledger and drain rate, from the settings."""
+    metrics = ServiceMetrics(num_layers)
+    engine_class = CaptionEngine if task == "caption" else InferenceEngine
+    ledger = RowLedger(metrics, engine_class.task, num_layers)
+    drain = DrainRate()
+    limits = AdmissionLimits(settings.max_queue, settings.max_queue_wait_ms / 1000, settings.max_batch_wait_ms / 1000,
+                             max_shadow_rows_in_engine=settings.shadow_max_rows_in_engine)  # fmt: skip
+    budget = EngineBudget(settings.max_batch_size, settings.max_batch_tokens, settings.group_selection)
+    queue = AdmissionQueue(limits, ledger, drain, metrics)  # type: ignore[var-annotated]
+    if task != "caption" and uses_device_path(settings):
+        options = DevicePathOptions(settings.step_buckets(), settings.cuda_graphs, settings.skip_unprofitable_exits,
+                                    settings.compile_decisions)  # fmt: skip
+        return DeviceInferenceEngine(queue, ledger, drain, metrics, budget, settings.device, settings.dtype,
+                                     options=options)  # fmt: skip
+    return engine_class(queue, ledger, drain, metrics, budget, settings.device, settings.dtype)
+
+
+def uses_device_path(settings: ServerSettings) -> bool:
+    """engine_path auto: the device path where the engine will run on CUDA, the host path on the CPU."""
+    if settings.engine_path != "auto":
+        return settings.engine_path == "device"
+    return resolve_device(settings.device, settings.dtype)[0].type == "cuda"
+
+
+def build_monitor(version: ServedVersion, settings: ServerSettings) -> ShadowMonitor:
+    """The version's shadow monitor, with the calibration split's agreement levels of every policy that can leave
+    early, and online control of its default policy when the settings ask for it."""
+    cache = ExitCache.load(version.directory / CALIBRATION_CACHE_FILE)
+    live = version.live_policies
+    levels = {name: agreement_levels(cache, policy) for name, policy in live.items() if name != "full"}
+    budget = float(version.manifest.calibration.get("accuracy_budget", DEFAULT_ACCURACY_BUDGET))
+    control = None
+    if version.name in settings.alpha_control or "all" in settings.alpha_control:
+        control = controlled_policy(version, levels, budget, settings)
+    return ShadowMonitor(
+        version.metrics, levels, budget, live, settings.shadow_fraction, settings.shadow_window,
+        answer_key=_caption_tokens if version.task == "caption" else _class_label, control=control, model=version.name,
+    )  # fmt: skip
+
+
+def controlled_policy(
+    version: ServedVersion, levels: dict[str, AgreementLevels], budget: float, settings: ServerSettings
+) -> ControlledPolicy | None:
+    """Online control of the default policy's threshold, within [lowest share x calibrated, the threshold past
+    which nothing leaves early]. Only BEEM's alpha and max-prob's threshold are controlled: their thresholds are
+    positive scores, so shares of them mean something."""
+    name = version.manifest.default_policy
+    policy = version.live_policies[name]
+    if isinstance(policy, BeemPolicy):
+        ceiling = sum(policy.weights)  # S never passes the sum of the weights
+    elif isinstance(policy, MaxProbPolicy):
+        ceiling = 1.0
+    else:
+        log.warning("model %s: online control needs a BEEM or max-prob default policy, not %s", version.name, name)
+        return None
+    calibrated = policy.threshold
+    if not math.isfinite(calibrated) or calibrated <= 0:
+        log.warning("model %s: %s's calibrated threshold %s cannot be controlled", version.name, name, calibrated)
+        return None
+    target = settings.alpha_control_target or levels[name].agreement
+    lowest = calibrated * settings.alpha_control_lowest
+    control = ControlSettings(
+        target_agreement=target, lowest=lowest, highest=max(ceiling, calibrated),
+        step=settings.alpha_control_step * calibrated, min_comparisons=settings.alpha_control_min_comparisons,
+        latency_slo_s=None if settings.latency_slo_ms is None else settings.latency_slo_ms / 1000,
+        accuracy_budget=budget,
+    )  # fmt: skip
+    log.info("model %s: online control of %s's threshold from %.4f in [%.4f, %.4f], agreement target %.4f",
+             version.name, name, calibrated, control.lowest, control.highest, target)  # fmt: skip
+    return ControlledPolicy(name, control)
+
+
+def _class_label(answer: ClassAnswer | CaptionAnswer) -> int:
+    assert isinstance(answer, ClassAnswer)
+    return answer.label
+
+
+def _caption_tokens(answer: ClassAnswer | CaptionAnswer) -> tuple[int, ...]:
+    assert isinstance(answer, CaptionAnswer)
+    return answer.tokens
