@@ -46,6 +46,9 @@ class VersionWatcher:
         self.metrics = metrics
         self._lock = asyncio.Lock()  # one reload at a time: a poll and a SIGHUP never load the same version twice
         self._tasks: set[asyncio.Task[None]] = set()  # drains and the poller, kept referenced until done
+        for name in registry.models:  # every series from 0, so the first refusal is an increase an alert sees
+            for outcome in ("loaded", "refused"):
+                metrics.model_reloads.labels(name, outcome)
 
     async def load_initial(self) -> None:
         """Load every model's starting version, one after another (they share the cores); a failure leaves that
@@ -103,6 +106,9 @@ class VersionWatcher:
         new: ServedVersion | None = None
         try:
             manifest = await asyncio.to_thread(read_manifest, directory)  # checksums of every file
+            if manifest.version != version_name:  # versions are immutable: a copied directory is not a new one
+                raise BundleError(directory, f"its manifest says version {manifest.version}, its directory "
+                                             f"{version_name}")  # fmt: skip
             if manifest.name != model.name or manifest.task != model.task:
                 raise BundleError(directory, f"a {manifest.task} bundle named {manifest.name!r}, not a version of "
                                              f"the {model.task} model {model.name!r}")  # fmt: skip

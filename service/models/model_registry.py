@@ -112,6 +112,9 @@ class ModelRegistry:
                 f"version {version} of {model.name!r} does not take requests; version {served.version} does"
             )
         if not served.ready:
+            reason = served.error or served.engine.health().error
+            if reason:
+                raise NotReadyError(f"model {model.name!r} is not serving: {reason}")
             raise NotReadyError(f"model {model.name!r} is still loading; retry shortly")
         return served
 

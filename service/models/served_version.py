@@ -73,7 +73,10 @@ class ServedVersion:
 
     @property
     def ready(self) -> bool:
-        return self.status in (VersionStatus.SERVING, VersionStatus.DRAINING) and self.engine.health().warmed_up
+        """Loaded, warm, and its engine still running (an engine whose loop failed serves nothing)."""
+        health = self.engine.health()
+        serves = self.status in (VersionStatus.SERVING, VersionStatus.DRAINING)
+        return serves and health.warmed_up and not health.closed and health.error is None
 
     def classifier(self) -> ReadyClassifier:
         """This version as a request of the classification routes uses it; 503 while it loads."""

@@ -87,10 +87,11 @@ def test_policy_choice_and_jpeg(caption_client: TestClient) -> None:
 def test_metrics_carry_the_caption_task(caption_client: TestClient) -> None:
     caption_client.post("/v1/caption", files={"image": ("a.png", encoded(scene(3)), "image/png")})
     text = caption_client.get("/metrics").text
-    assert 'beem_exit_layer_count{policy="beem-a",task="caption"}' in text
-    assert 'beem_layers_computed_total{task="caption"}' in text
-    assert 'beem_model_info{name="tiny-captioner",task="caption",version="1"} 1.0' in text
-    assert 'beem_requests_total{policy="beem-a",route="/v1/caption",status="200"}' in text
+    tiny = 'model="tiny-captioner"'
+    assert f'beem_exit_layer_count{{{tiny},policy="beem-a",task="caption",version="1"}}' in text
+    assert f'beem_layers_computed_total{{{tiny},task="caption",version="1"}}' in text
+    assert f'beem_model_info{{{tiny},name="tiny-captioner",task="caption",version="1"}} 1.0' in text
+    assert f'beem_requests_total{{{tiny},policy="beem-a",route="/v1/caption",status="200"}}' in text
     models = caption_client.get("/v1/models").json()["data"][0]
     assert models["task"] == "caption" and models["num_layers"] == 3
 

@@ -104,13 +104,15 @@ def test_models_and_metrics(client: TestClient) -> None:
     assert "beem-a" in model["policies"] and "alpha" in model["policies"]["beem-a"]["params"]
     client.post("/v1/classify", json={"inputs": TEXTS, "policy": {"name": "static", "layer": 2}})
     metrics = client.get("/metrics").text
-    assert 'beem_exit_layer_bucket{le="2.0",policy="static",task="classification"}' in metrics
-    assert 'beem_requests_total{policy="static",route="/v1/classify",status="200"}' in metrics
+    tiny = 'model="tiny-sentiment"'
+    assert f'beem_exit_layer_bucket{{le="2.0",{tiny},policy="static",task="classification",version="1"}}' in metrics
+    assert f'beem_requests_total{{{tiny},policy="static",route="/v1/classify",status="200"}}' in metrics
     for name in ("beem_layers_computed_total", "beem_layers_possible_total", "beem_batch_size_bucket",
                  "beem_queue_depth", "beem_queue_wait_seconds_bucket", "beem_request_duration_seconds_bucket",
-                 'beem_model_info{name="tiny-sentiment",task="classification",version="1"} 1.0'):  # fmt: skip
+                 f'beem_model_info{{{tiny},name="tiny-sentiment",task="classification",version="1"}} 1.0'):  # fmt: skip
         assert name in metrics, name
-    eager_steps = re.search(r'^beem_device_steps_total\{run="eager"\} (\S+)$', metrics, re.MULTILINE)
+    eager_steps = re.search(r'^beem_device_steps_total\{model="tiny-sentiment",run="eager",version="1"\} (\S+)$',
+                            metrics, re.MULTILINE)  # fmt: skip
     device_steps = eager_steps is not None and float(eager_steps.group(1)) > 0
     assert device_steps == (client.app.state.settings.engine_path == "device")  # type: ignore[attr-defined]
     assert client.get("/healthz").json() == {"status": "alive"}

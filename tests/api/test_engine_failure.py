@@ -10,6 +10,9 @@ import pytest
 from service.settings import ServerSettings
 from tests.api.conftest import ready_client
 
+ERROR_ROWS = 'beem_rows_total{model="tiny-sentiment",outcome="error",task="classification",version="1"} 2.0'
+FAILED_REQUEST = 'beem_requests_total{model="tiny-sentiment",policy="beem-a",route="/v1/classify",status="500"} 1.0'
+
 
 def _failing_once(run_layer: Callable[[object], object]) -> Callable[[object], object]:
     calls = {"count": 0}
@@ -37,8 +40,11 @@ def test_a_step_that_raises_answers_500_and_the_next_request_is_served(
         assert served.status_code == 200
         assert [r["exit_layer"] for r in served.json()["results"]] == [3, 3]
         metrics = client.get("/metrics").text
-        assert 'beem_rows_total{outcome="error",task="classification"} 2.0' in metrics
-        assert 'beem_requests_total{policy="beem-a",route="/v1/classify",status="500"} 1.0' in metrics
+        assert ERROR_ROWS in metrics
+        assert (
+            'beem_requests_total{model="tiny-sentiment",policy="beem-a",route="/v1/classify",status="500"} 1.0'
+            in metrics
+        )
 
 
 def test_a_fault_outside_a_step_stops_the_engine_and_says_so(
@@ -58,9 +64,10 @@ def test_a_fault_outside_a_step_stops_the_engine_and_says_so(
         assert "injected bookkeeping fault" in failed.json()["error"]
         refused = client.post("/v1/classify", json={"inputs": "one"})
         assert refused.status_code == 503
-        assert "the engine stopped" in refused.json()["error"]
+        assert "engine loop failed" in refused.json()["error"]
+        assert "injected bookkeeping fault" in refused.json()["error"]
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert "injected bookkeeping fault" in ready.text
         metrics = client.get("/metrics").text
-        assert 'beem_rows_total{outcome="error",task="classification"} 2.0' in metrics
+        assert ERROR_ROWS in metrics

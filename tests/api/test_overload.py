@@ -26,7 +26,7 @@ def test_expected_wait_past_the_bound_sheds_with_retry_after(tiny_bundle_dir: Pa
         assert client.post("/v1/classify", json={"inputs": "one"}).status_code == 200
         metrics = client.get("/metrics").text
         assert 'status="429"' in metrics
-        assert 'beem_rows_total{outcome="shed",task="classification"} 2.0' in metrics
+        assert 'beem_rows_total{model="tiny-sentiment",outcome="shed",task="classification",version="1"} 2.0' in metrics
 
 
 def test_request_past_its_deadline_gets_504_and_costs_no_compute(tiny_bundle_dir: Path) -> None:

@@ -139,7 +139,7 @@ def test_tokenize_rejects_with_a_reason(client: TestClient, body: object, status
 
 def test_post_root_counts_as_traffic_and_get_root_as_a_probe(client: TestClient) -> None:
     def count(route: str) -> float:
-        prefix = f'beem_requests_total{{policy="beem-a",route="{route}",status="200"}} '
+        prefix = f'beem_requests_total{{model="tiny-sentiment",policy="beem-a",route="{route}",status="200"}} '
         lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
         return float(lines[0].split()[-1]) if lines else 0.0
 

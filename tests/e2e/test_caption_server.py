@@ -94,8 +94,14 @@ def _samples(metrics_text: str) -> Samples:
 
 
 def _value(samples: Samples, metric: str, /, **labels: str) -> float:
-    """A sample's value; 0 for a labelled series that has not been created yet."""
-    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
+    """The value of the sample whose labels are `labels` plus the server's one model and version; 0 for a labelled
+    series that has not been created yet."""
+    served = {("model", "tiny-captioner"), ("version", "1")}
+    wanted = set(labels.items())
+    matching = [value for (name, have), value in samples.items() if name == metric and set(have) - wanted <= served
+                and wanted <= set(have)]  # fmt: skip
+    assert len(matching) <= 1, (metric, labels, matching)
+    return matching[0] if matching else 0.0
 
 
 def _scrape(server: ServerProcess) -> Samples:

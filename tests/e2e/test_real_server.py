@@ -84,7 +84,7 @@ def test_concurrent_requests_are_batched_and_metrics_scraped(server: ServerProce
     batches = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("beem_batch_size_count"))
     rows = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("beem_batch_size_sum"))
     assert rows == 48 and batches < 48, "concurrent requests should join the engine together"
-    assert 'beem_requests_total{policy="full",route="/v1/classify",status="200"} 48.0' in metrics
+    assert 'beem_requests_total{model="tiny-sentiment",policy="full",route="/v1/classify",status="200"} 48.0' in metrics
 
 
 def test_sigterm_finishes_admitted_requests_then_exits(tiny_bundle_dir: Path) -> None:
@@ -134,8 +134,11 @@ def test_a_request_whose_client_left_is_dropped_before_compute(tiny_bundle_dir: 
             time.sleep(0.3)  # admitted; its batch is still filling
         time.sleep(2.0)  # the batch has run by now
         metrics = httpx.get(f"{running.url}/metrics").text
-        assert 'beem_rows_total{outcome="client_gone",task="classification"} 1.0' in metrics
-        assert "beem_batch_size_count 0.0" in metrics  # no batch ever ran for it
+        assert (
+            'beem_rows_total{model="tiny-sentiment",outcome="client_gone",task="classification",version="1"} 1.0'
+            in metrics
+        )
+        assert 'beem_batch_size_count{model="tiny-sentiment",version="1"} 0.0' in metrics  # no batch ever ran for it
     finally:
         running.stop()
 
@@ -156,10 +159,13 @@ def test_rows_of_different_policies_share_a_batch_and_keep_their_own_rule(tiny_b
         layers = [{r["exit_layer"] for r in response.json()["results"]} for response in responses]
         assert layers == [{1}, {3}, {2}]
         metrics = httpx.get(f"{running.url}/metrics").text
-        assert "beem_batch_size_count 1.0" in metrics and "beem_batch_size_sum 6.0" in metrics
+        assert (
+            'beem_batch_size_count{model="tiny-sentiment",version="1"} 1.0' in metrics
+            and 'beem_batch_size_sum{model="tiny-sentiment",version="1"} 6.0' in metrics
+        )
         # 6 rows entered layer 1; the two static-1 rows left, then the two static-2 rows: 4 at layer 2, 2 at 3.
-        assert 'beem_layer_batch_size_sum{layer="2"} 4.0' in metrics
-        assert 'beem_layer_batch_size_sum{layer="3"} 2.0' in metrics
+        assert 'beem_layer_batch_size_sum{layer="2",model="tiny-sentiment",version="1"} 4.0' in metrics
+        assert 'beem_layer_batch_size_sum{layer="3",model="tiny-sentiment",version="1"} 2.0' in metrics
     finally:
         running.stop()
 

@@ -291,7 +291,9 @@ def test_rows_that_ask_get_their_distribution(host: InferenceEngine, device: Dev
         engine.submit([item])
         engine.run_until_idle()
         answers.append(submitted.answers()[0])
-    assert answers[0].probabilities == answers[1].probabilities and answers[0].logits == answers[1].logits
+    # The device path pads the row to a token bucket: float32 sums in another order, equal to ~1e-7.
+    assert answers[0].probabilities == pytest.approx(answers[1].probabilities, rel=1e-5, abs=1e-6)
+    assert answers[0].logits == pytest.approx(answers[1].logits, rel=1e-5, abs=1e-6)
     assert answers[1].probabilities is not None and sum(answers[1].probabilities) == pytest.approx(1.0)
 
 

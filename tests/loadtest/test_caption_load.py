@@ -56,7 +56,7 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory, fake_fashion_mnist_di
 
 def _requests_total(url: str, policy: str, status: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    line = f'beem_requests_total{{policy="{policy}",route="/v1/caption",status="{status}"}} '
+    line = f'beem_requests_total{{model="tiny-captioner",policy="{policy}",route="/v1/caption",status="{status}"}} '
     return next((float(row.split()[-1]) for row in text.splitlines() if row.startswith(line)), 0.0)
 
 

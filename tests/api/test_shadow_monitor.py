@@ -1,0 +1,109 @@
+"""The shadow agreement monitor and online threshold control through the real app and engine: early-exited rows
+re-run at full depth and compared with full depth's own answers, and the controller raising BEEM's alpha when
+drifted inputs make early exits disagree, until agreement is back at its target."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.settings import ServerSettings
+from tests.api.conftest import ready_client
+from tests.api.test_model_store import metric
+from tests.engine.engine_driver import TEXTS
+
+MODEL = "tiny-sentiment"
+
+
+@pytest.fixture(scope="module")
+def shadowing(tiny_bundle_dir: Path) -> Iterator[TestClient]:
+    yield from ready_client(ServerSettings(bundle=tiny_bundle_dir, shadow_fraction=1.0, poll_interval_s=0))
+
+
+def shadow_entry(client: TestClient) -> dict[str, object]:
+    (entry,) = client.get("/v1/models").json()["data"]
+    return dict(entry)
+
+
+def wait_for_comparisons(client: TestClient, count: float) -> str:
+    deadline = time.monotonic() + 30
+    while True:
+        metrics = client.get("/metrics").text
+        if metric(metrics, "beem_shadow_rows_total", outcome="compared") >= count:
+            return metrics
+        assert time.monotonic() < deadline, "shadow rows were not run"
+        time.sleep(0.02)
+
+
+def test_every_sampled_early_exit_is_compared_with_full_depth(shadowing: TestClient) -> None:
+    answered = shadowing.post("/v1/classify", json={"inputs": TEXTS}).json()["results"]
+    full = shadowing.post("/v1/classify", json={"inputs": TEXTS, "policy": {"name": "full"}}).json()["results"]
+    early = [(a, f) for a, f in zip(answered, full, strict=True) if a["exit_layer"] < a["num_layers"]]
+    assert early, "the tiny bundle's beem-a leaves early on these texts"
+    metrics = wait_for_comparisons(shadowing, len(early))
+    agree = metric(metrics, "beem_shadow_samples_total", policy="beem-a", result="agree")
+    disagree = metric(metrics, "beem_shadow_samples_total", policy="beem-a", result="disagree")
+    # The shadow rows ran to full depth: they agree exactly where full depth's own answer has the same label.
+    assert agree == sum(a["label"] == f["label"] for a, f in early)
+    assert disagree == sum(a["label"] != f["label"] for a, f in early)
+    # Shadow rows are no client's rows: only the two requests' rows are counted as answered.
+    assert metric(metrics, "beem_rows_total", outcome="answered") == 2 * len(TEXTS)
+    # A request with overrides (full depth here) is not monitored: no comparisons for it.
+    assert 'policy="full",result=' not in metrics
+
+    shadow = shadow_entry(shadowing)["shadow"]
+    assert isinstance(shadow, dict)
+    window = shadow["policies"]["beem-a"]
+    share_early = len(early) / len(TEXTS)
+    assert window["comparisons"] == len(early) and window["early_fraction"] == pytest.approx(share_early)
+    assert window["agreement"] == pytest.approx(1 - share_early * (1 - agree / len(early)))
+    assert 0 < window["calibrated_agreement"] <= 1
+    assert metric(metrics, "beem_shadow_agreement", policy="beem-a") == pytest.approx(window["agreement"])
+    assert metric(metrics, "beem_accuracy_budget") == 0.005
+
+
+def drifted_texts(count: int, seed: int = 0) -> list[str]:
+    """A shifted input distribution: the movie snippets' words, shuffled across snippets into new sentences."""
+    words = " ".join(TEXTS).lower().replace(",", "").replace(".", "").split()
+    generator = random.Random(seed)
+    return [" ".join(generator.choices(words, k=generator.randint(3, 12))) for _ in range(count)]
+
+
+def test_online_control_raises_alpha_under_drift_until_agreement_recovers(tiny_bundle_dir: Path) -> None:
+    target = 0.95
+    settings = ServerSettings(
+        bundle=tiny_bundle_dir, shadow_fraction=1.0, poll_interval_s=0, alpha_control=[MODEL],
+        alpha_control_target=target, alpha_control_step=0.5, alpha_control_min_comparisons=24, shadow_window=48,
+        max_inputs_per_request=16,
+    )  # fmt: skip
+    for client in ready_client(settings):
+        calibrated = shadow_entry(client)["policies"]["beem-a"]["live_threshold"]  # type: ignore[index]
+        texts = drifted_texts(16 * 60)
+        # What drift does at the calibrated alpha: full depth's exits on the drifted inputs, and where beem-a leaves.
+        at_start = client.post("/v1/classify", json={"inputs": texts[:16], "return_exits": True}).json()["results"]
+        full = client.post("/v1/classify", json={"inputs": texts[:16], "policy": {"name": "full"}}).json()["results"]
+        disagreeing = sum(a["label"] != f["label"] for a, f in zip(at_start, full, strict=True))
+        assert disagreeing / 16 > 1 - target, "the drifted inputs should make early exits disagree"
+
+        thresholds, agreements = [calibrated], []
+        for start in range(16, len(texts), 16):
+            client.post("/v1/classify", json={"inputs": texts[start : start + 16]})
+            entry = shadow_entry(client)
+            thresholds.append(entry["policies"]["beem-a"]["live_threshold"])  # type: ignore[index]
+            agreements.append(entry["shadow"]["policies"]["beem-a"]["agreement"])  # type: ignore[index]
+            if thresholds[-1] > calibrated and agreements[-1] is not None and agreements[-1] >= target:
+                break
+        assert thresholds[-1] > calibrated, "alpha should rise when agreement falls below the target"
+        assert all(later >= earlier for earlier, later in itertools.pairwise(thresholds))
+        assert agreements[-1] is not None and agreements[-1] >= target, (thresholds, agreements)
+        metrics = client.get("/metrics").text
+        assert metric(metrics, "beem_policy_threshold", policy="beem-a") == thresholds[-1]
+        ups = metric(metrics, "beem_policy_threshold_changes_total", policy="beem-a", direction="up",
+                     reason="agreement")  # fmt: skip
+        assert ups == len(set(thresholds)) - 1

@@ -1,0 +1,47 @@
+"""Model stores for the multi-model and hot-swap tests, made from the tiny bundles the real builders export: another
+version of a model is its bundle copied under a new version number (the manifest says which, as the builder
+writes it), another model the same bundle under another name, a broken version one whose weights are damaged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from beem.bundle.manifest import MANIFEST_FILE, WEIGHTS_FILE
+
+
+def add_version(model_dir: Path, bundle_dir: Path, version: int, name: str | None = None) -> Path:
+    """`bundle_dir` copied to `model_dir/<version>`, its manifest saying that version (and `name`, when given).
+    Written beside and renamed into place, as the builder does, so a watcher never sees half of it."""
+    staging = model_dir / f".staging-{version}"
+    shutil.copytree(bundle_dir, staging)
+    manifest_path = staging / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = str(version)
+    if name is not None:
+        manifest["name"] = name
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    target = model_dir / str(version)
+    staging.rename(target)
+    return target
+
+
+def add_broken_version(model_dir: Path, bundle_dir: Path, version: int) -> Path:
+    """A version whose weights no longer match their checksum (a copy cut short, a bad disk)."""
+    staging = model_dir / f".staging-{version}"
+    add_version(staging, bundle_dir, version)
+    weights = staging / str(version) / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-64])
+    target = model_dir / str(version)
+    (staging / str(version)).rename(target)
+    staging.rmdir()
+    return target
+
+
+def model_store(root: Path, bundles: dict[str, Path]) -> Path:
+    """`root/<name>/1` for each (name, bundle): every model at version 1."""
+    for name, bundle_dir in bundles.items():
+        (root / name).mkdir(parents=True)
+        add_version(root / name, bundle_dir, 1, name=name)
+    return root
