@@ -78,7 +78,7 @@ class AdmissionQueue(Generic[ItemT]):
         self._closed = False
         self._closed_because = "the server is shutting down"
         self._last_scan = 0.0
-        self.engine_rows = 0  # rows in flight in the engine; it updates this whenever rows come or go
+        self.engine_rows = 0  # requests' rows in flight in the engine; it updates this whenever rows come or go
 
     @property
     def depth(self) -> int:

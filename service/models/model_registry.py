@@ -140,8 +140,10 @@ def _served_directories(settings: ServerSettings) -> list[tuple[Path, Path | Non
     """(bundle directory, the model directory to watch or None when a version is pinned), for every bundle named
     and every model directory under the model store."""
     served = [(path, None if (path / MANIFEST_FILE).is_file() else path) for path in settings.bundle_paths()]
+    named = {path.resolve() for path, _ in served}
     if settings.model_store is not None:
         for child in sorted(settings.model_store.iterdir()):
-            if child.is_dir() and any(p.is_dir() and p.name.isdigit() for p in child.iterdir()):
+            model_dir = child.is_dir() and any(p.is_dir() and p.name.isdigit() for p in child.iterdir())
+            if model_dir and child.resolve() not in named:  # a model named with --bundle too is served once
                 served.append((child, child))
     return served

@@ -36,6 +36,7 @@ from service.monitoring.shadow_monitor import ControlledPolicy, ShadowMonitor
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+HEADROOM = 0.01  # online control loosens only once agreement clears the target by this much (and its noise)
 
 
 class VersionStatus(StrEnum):
@@ -187,6 +188,7 @@ def controlled_policy(
     control = ControlSettings(
         target_agreement=target, lowest=lowest, highest=max(ceiling, calibrated),
         step=settings.alpha_control_step * calibrated, min_comparisons=settings.alpha_control_min_comparisons,
+        headroom=min(HEADROOM, (1 - target) / 2),  # a target near 1 leaves little room above it
         latency_slo_s=None if settings.latency_slo_ms is None else settings.latency_slo_ms / 1000,
         accuracy_budget=budget,
     )  # fmt: skip

@@ -30,7 +30,13 @@ class AgreementEstimate:
     exited_agreement: float  # among shadowed early-exited rows in the window
     early_fraction: float  # among answered rows in the window
     comparisons: int  # shadow comparisons in the window
-    noise: float  # z * standard error of `agreement`; never 0 while early_fraction > 0
+    noise: float  # z * standard error of `agreement`; never 0
+    rows: int = 0  # answered rows in the window
+
+    @property
+    def exact(self) -> bool:
+        """No row of the window left early: every answer was full depth's, agreement is 1 without sampling."""
+        return self.early_fraction == 0.0
 
 
 def agreement_noise(early_fraction: float, exited_agreement: float, comparisons: int, z: float) -> float:
@@ -76,8 +82,15 @@ class AgreementWindow:
         self._agreements += agreed
 
     def estimate(self, z: float = 2.0, min_comparisons: int = 1) -> AgreementEstimate | None:
-        """None until the window holds `min_comparisons` comparisons (at least one) and at least one row."""
+        """None until the window holds `min_comparisons` comparisons (at least one) and at least one row; but a
+        window whose rows all ran to the last layer needs no comparison: its agreement is exactly 1."""
         comparisons = len(self._comparisons)
+        if self._rows and not self._early_rows:
+            # None of n rows left early: the early share may still be up to z^2 / (n + z^2) (Wilson's bound with
+            # no success seen), and any of those could disagree.
+            rows = len(self._rows)
+            exited = self._agreements / comparisons if comparisons else 1.0  # of rows evicted since, if any
+            return AgreementEstimate(1.0, exited, 0.0, comparisons, z * z / (rows + z * z), rows=rows)
         if comparisons < max(min_comparisons, 1) or not self._rows:
             return None
         exited_agreement = self._agreements / comparisons
@@ -88,6 +101,7 @@ class AgreementWindow:
             early_fraction=early_fraction,
             comparisons=comparisons,
             noise=agreement_noise(early_fraction, exited_agreement, comparisons, z),
+            rows=len(self._rows),
         )
 
     def reset(self) -> None:

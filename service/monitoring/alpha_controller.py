@@ -5,12 +5,17 @@ deeper, agreement with full depth rises, latency rises). The controller moves th
 inside [lowest, highest], and only on evidence gathered at the current threshold:
 
 1. No decision while there is no estimate or it holds fewer than `min_comparisons` shadow comparisons (the owner
-   resets the window on every change, so each decision is judged on rows served at the threshold it judges).
+   resets the window on every change, so each decision is judged on rows served at the threshold it judges); a
+   window in which no row left early needs `min_comparisons` rows instead (there is nothing to compare).
 2. Accuracy mode (the default, and whenever latency is within the SLO):
    - agreement < target                 -> up   ("agreement");
-   - agreement >= target + headroom     -> down ("agreement");
-   - otherwise hold. The headroom band is hysteresis: without it a threshold sitting on the target would flip
-     up and down on every window.
+   - agreement - noise >= target + headroom -> down ("agreement");
+   - otherwise hold. Loosening needs the slack to be there beyond the window's noise, and the headroom band is
+     hysteresis: without them a threshold sitting on the target would flip up and down on every window (a
+     window where nothing left early says "agreement 1" after a few rows; its noise says how little that is).
+     A loosening that had to be taken back doubles the noise margin the next one must clear (up to 16x: 4x the
+     comparisons, 2x the rows of a window where nothing left early), so a target between two steps, one too loose
+     and one with slack, settles on the safe one instead of cycling between them.
 3. Latency-SLO mode (`latency_slo_s` set and the measured p95 above it): trade accuracy for latency only within
    the budget. Estimated accuracy loss < `accuracy_budget` -> down ("latency"); loss > budget -> up
    ("agreement"); exactly at the budget -> hold.
@@ -28,6 +33,8 @@ UP = "up"  # more conservative: rows run deeper
 DOWN = "down"
 REASON_AGREEMENT = "agreement"
 REASON_LATENCY = "latency"
+
+MAX_LOOSENING_PATIENCE = 16
 
 
 @dataclass(frozen=True)
@@ -80,13 +87,18 @@ class ThresholdController:
             raise ValueError("the calibrated threshold is NaN")
         self.settings = settings
         self.threshold = self._clamp(calibrated)  # +inf (nothing exits early) becomes `highest`
+        self.loosening_patience = 1  # x the noise a loosening's slack must clear (doubles after one was taken back)
+        self._last_direction: str | None = None
 
     def decide(
         self, estimate: AgreementEstimate | None, estimated_accuracy_loss: float, latency_p95_s: float | None
     ) -> ThresholdChange | None:
         """The change to apply now (already applied to `self.threshold`), or None to hold."""
         settings = self.settings
-        if estimate is None or estimate.comparisons < settings.min_comparisons:
+        if estimate is None:
+            return None
+        evidence = estimate.rows if estimate.exact else estimate.comparisons
+        if evidence < settings.min_comparisons:
             return None
         over_slo = (
             settings.latency_slo_s is not None and latency_p95_s is not None and latency_p95_s > settings.latency_slo_s
@@ -99,7 +111,10 @@ class ThresholdController:
             return None
         if estimate.agreement < settings.target_agreement:
             return self._move(UP, REASON_AGREEMENT)
-        if estimate.agreement >= settings.target_agreement + settings.headroom:
+        if (
+            estimate.agreement - estimate.noise * self.loosening_patience
+            >= settings.target_agreement + settings.headroom
+        ):
             return self._move(DOWN, REASON_AGREEMENT)
         return None
 
@@ -110,6 +125,9 @@ class ThresholdController:
         if new == old:
             return None
         self.threshold = new
+        if direction == UP and self._last_direction == DOWN:  # the last loosening went too far: be slower next time
+            self.loosening_patience = min(self.loosening_patience * 2, MAX_LOOSENING_PATIENCE)
+        self._last_direction = direction
         return ThresholdChange(old, new, direction, reason)
 
     def _clamp(self, threshold: float) -> float:

@@ -106,6 +106,8 @@ class ShadowMonitor:
                 if self._credit >= 1.0:
                     self._credit -= 1.0
                     sampled.append(row)
+        if not any(early):  # no comparison will follow: a window of full-depth answers is judged on its rows
+            self._update(policy_name)
         return sampled
 
     def comparison(
@@ -128,9 +130,12 @@ class ShadowMonitor:
         self.metrics.shadow_samples.labels(policy_name, "agree" if agreed else "disagree").inc()
         if self.live_policies.get(policy_name) is not policy:
             return
-        window = self.windows[policy_name]
-        window.record_comparison(agreed)
-        estimate = window.estimate(NOISE_Z)
+        self.windows[policy_name].record_comparison(agreed)
+        self._update(policy_name)
+
+    def _update(self, policy_name: str) -> None:
+        """Export the window's estimate and let the controller decide on it."""
+        estimate = self.windows[policy_name].estimate(NOISE_Z)
         if estimate is None:
             return
         loss = estimated_accuracy_loss(estimate, self.levels[policy_name].loss_per_disagreement)
@@ -160,6 +165,7 @@ class ShadowMonitor:
                 "exited_agreement": None if estimate is None else estimate.exited_agreement,
                 "early_fraction": None if estimate is None else estimate.early_fraction,
                 "comparisons": 0 if estimate is None else estimate.comparisons,
+                "rows": self.windows[name].rows,
                 "noise": None if estimate is None else estimate.noise,
             }
         return {"fraction": self.fraction, "controlled_policy": self.controlled, "policies": policies}

@@ -41,8 +41,9 @@ def filled_window(
         ([True] * 4, [True] * 4, 2.0, AgreementEstimate(1.0, 1.0, 1.0, 4, 0.4)),
         # All disagree: p clamps to 1/5, the same margin.
         ([True] * 4, [False] * 4, 2.0, AgreementEstimate(0.0, 0.0, 1.0, 4, 0.4)),
-        # No early row answered: agreement is certain whatever old comparisons said.
-        ([False] * 3, [False, True], 2.0, AgreementEstimate(1.0, 0.5, 0.0, 2, 0.0)),
+        # No early row answered: agreement 1 whatever old comparisons said; the noise is what 3 rows cannot rule
+        # out, an early share up to z^2 / (3 + z^2) (Wilson's bound with none seen).
+        ([False] * 3, [False, True], 2.0, AgreementEstimate(1.0, 0.5, 0.0, 2, 4 / 7, rows=3)),
     ],
     ids=["mixed", "mixed-z1", "all-agree", "all-disagree", "no-early-rows"],
 )
@@ -58,7 +59,7 @@ def test_estimate_formula(rows: list[bool], comparisons: list[bool], z: float, e
     ("rows", "comparisons", "min_comparisons"),
     [
         ([], [], 1),
-        ([True], [], 1),
+        ([True], [], 1),  # an early row and nothing to compare it with yet
         ([], [True], 1),
         ([True], [True, True], 3),
         ([True], [], 0),  # at least one comparison, whatever the caller asks
@@ -67,6 +68,12 @@ def test_estimate_formula(rows: list[bool], comparisons: list[bool], z: float, e
 )
 def test_estimate_is_none(rows: list[bool], comparisons: list[bool], min_comparisons: int) -> None:
     assert filled_window(rows, comparisons).estimate(min_comparisons=min_comparisons) is None
+
+
+def test_a_window_with_no_early_row_needs_no_comparison() -> None:
+    estimate = filled_window([False] * 12, []).estimate(z=2.0, min_comparisons=50)
+    assert estimate == AgreementEstimate(1.0, 1.0, 0.0, 0, 4 / 16, rows=12)
+    assert estimate.exact
 
 
 def test_estimate_at_exactly_min_comparisons() -> None:

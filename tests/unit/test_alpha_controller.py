@@ -23,8 +23,13 @@ BASE = ControlSettings(target_agreement=0.75, lowest=0.0, highest=1.0, step=0.25
 SLO = replace(BASE, latency_slo_s=0.1, accuracy_budget=0.0625)
 
 
-def estimate_of(agreement: float, comparisons: int = 100) -> AgreementEstimate:
-    return AgreementEstimate(agreement, agreement, 1.0, comparisons, 0.01)
+def estimate_of(agreement: float, comparisons: int = 100, noise: float = 0.0) -> AgreementEstimate:
+    return AgreementEstimate(agreement, agreement, 1.0, comparisons, noise, rows=10 * comparisons)
+
+
+def exact_window(rows: int) -> AgreementEstimate:
+    """No row left early: agreement 1 with no comparison, the noise of so few rows."""
+    return AgreementEstimate(1.0, 1.0, 0.0, 0, 0.0625, rows=rows)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +46,9 @@ def estimate_of(agreement: float, comparisons: int = 100) -> AgreementEstimate:
         (BASE, 0.5, estimate_of(0.8125), 0.0, None, None),  # inside the headroom band
         (BASE, 0.5, estimate_of(0.875), 0.0, None, ThresholdChange(0.5, 0.25, "down", "agreement")),  # at the band top
         (BASE, 0.5, estimate_of(1.0), 0.0, None, ThresholdChange(0.5, 0.25, "down", "agreement")),
+        (BASE, 0.5, estimate_of(0.9375, noise=0.125), 0.0, None, None),  # the slack is within the noise: hold
+        (BASE, 0.5, exact_window(49), 0.0, None, None),  # nothing left early: rows, not comparisons, are the gate
+        (BASE, 0.5, exact_window(50), 0.0, None, ThresholdChange(0.5, 0.25, "down", "agreement")),
         # --- clamping at both bounds ---
         (BASE, 0.875, estimate_of(0.5), 0.0, None, ThresholdChange(0.875, 1.0, "up", "agreement")),
         (BASE, 1.0, estimate_of(0.5), 0.0, None, None),
@@ -70,6 +78,9 @@ def estimate_of(agreement: float, comparisons: int = 100) -> AgreementEstimate:
         "in-headroom-hold",
         "at-headroom-top-down",
         "perfect-down",
+        "slack-within-noise-holds",
+        "no-early-exit-below-min-rows",
+        "no-early-exit-down",
         "up-clamped-to-highest",
         "up-at-highest-none",
         "down-clamped-to-lowest",
@@ -173,3 +184,16 @@ def test_valid_settings_are_accepted(overrides: dict[str, Any]) -> None:
 )
 def test_estimated_accuracy_loss(agreement: float, loss_per_disagreement: float, expected: float) -> None:
     assert estimated_accuracy_loss(estimate_of(agreement), loss_per_disagreement) == expected
+
+
+def test_a_loosening_taken_back_makes_the_next_one_clear_twice_the_noise() -> None:
+    down, up = ThresholdChange(0.5, 0.25, "down", "agreement"), ThresholdChange(0.25, 0.5, "up", "agreement")
+    controller = ThresholdController(0.5, BASE)
+    assert controller.decide(estimate_of(1.0, noise=0.09375), 0.0, None) == down  # 0.90625 clears 0.875
+    assert controller.decide(estimate_of(0.5), 0.0, None) == up
+    assert controller.loosening_patience == 2
+    assert controller.decide(estimate_of(1.0, noise=0.09375), 0.0, None) is None  # 1 - 2 x 0.09375 = 0.8125
+    assert controller.decide(estimate_of(1.0, noise=0.0625), 0.0, None) == down  # 1 - 2 x 0.0625 = 0.875
+    # Tightening never waits longer: agreement under the target is acted on at once.
+    assert controller.decide(estimate_of(0.5), 0.0, None) == up
+    assert controller.loosening_patience == 4
