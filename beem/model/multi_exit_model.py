@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.initialization import no_init_weights
 
 from beem.model.exit_heads import ExitHeads, ExitHeadSpec
 from beem.model.layerwise_backbone import EncoderState, LayerwiseBackbone
@@ -57,14 +58,19 @@ class MultiExitModel(nn.Module):
 
     @classmethod
     def from_config(cls, backbone_config: dict[str, object], head_spec: ExitHeadSpec) -> MultiExitModel:
-        """An uninitialised model of the bundle's shape; the bundle reader then loads its weights."""
+        """An uninitialised model of the bundle's shape; the bundle reader then loads its weights (and refuses a
+        bundle whose weights miss any parameter, so nothing uninitialised is ever served).
+
+        Weights are not initialised: random initialisation was 70% of loading a bundle (0.39 of 0.55 s for the
+        default bundle on the 2-core CPU), which a hot swap spends beside the version serving."""
         model_type = str(backbone_config["model_type"])
         config: PretrainedConfig = AutoConfig.for_model(
             model_type, **{key: value for key, value in backbone_config.items() if key != "model_type"}
         )
-        # No pooler: the exit heads have their own, and an unused pooler would be dead weight in the bundle.
-        encoder = AutoModel.from_config(config, add_pooling_layer=False)
-        return cls(encoder, head_spec)
+        with no_init_weights():
+            # No pooler: the exit heads have their own, and an unused pooler would be dead weight in the bundle.
+            encoder = AutoModel.from_config(config, add_pooling_layer=False)
+            return cls(encoder, head_spec)
 
     @property
     def num_layers(self) -> int:

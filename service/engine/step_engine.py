@@ -12,6 +12,7 @@ which rows a failed step takes with it (`_fail_step`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from service.engine.drain_rate import DrainRate
 from service.engine.group_selection import GROUP_SELECTION_RULES
 from service.engine.row_ledger import RowLedger
 from service.engine.row_outcome import CaptionAnswer, ClassAnswer, RowFate
+from service.engine.thread_priority import background_priority
 from service.engine.work_item import QueuedRow
 from service.metrics import ServiceMetrics
 
@@ -98,6 +100,7 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         self._stop_now = False
         self._rows_left = 0  # rows that left the engine (answered or dropped after joining it), for the drain rate
         self._cancellations = 0  # bumped by the event loop when a client leaves: rows in flight need a look
+        self.loading_threads: int | None = None  # torch threads while loading (default: serving's)
 
     # -- what each engine says -------------------------------------------------------------------------------
 
@@ -176,20 +179,22 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
             raise RuntimeError(self._error)
 
     def _load_and_warm_up(self, bundle_path: Path, torch_threads: int | None, manifest: Manifest | None) -> None:
+        serving_threads = torch_threads or torch.get_num_threads()
         try:
-            if torch_threads:
-                torch.set_num_threads(torch_threads)
+            torch.set_num_threads(self.loading_threads or serving_threads)
             if self.device.type == "cuda":
                 # cuDNN's attention builds an execution plan for every new (rows, length) shape, and serving makes
                 # new shapes all the time (groups merge and shrink, captions grow a token per step): on an H100 a
                 # batch of captions took seconds in plan building. Flash / memory-efficient kernels do not.
                 torch.backends.cuda.enable_cudnn_sdp(False)
-            self.bundle = self._load_bundle(bundle_path, manifest)
+            with background_priority() if self.loading_threads else contextlib.nullcontext():
+                self.bundle = self._load_bundle(bundle_path, manifest)
             self.metrics.model_info.labels(self.bundle.name, self.bundle.version, self.task).set(1)
         except Exception as error:
             self._error = f"{type(error).__name__}: {error}"
             log.exception("bundle failed to load")
             raise
+        torch.set_num_threads(serving_threads)  # warm up as it will serve: its thread pool is made here
         try:
             self._warm_up()
         except Exception as error:

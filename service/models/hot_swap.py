@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 DRAIN_POLL_S = 0.02
+SWAP_LOADING_THREADS = 1  # a new version loads and warms up on one core, beside the version serving on the others
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class VersionWatcher:
         version_name = directory.name
         model.record(version_name, VersionStatus.LOADING)
         new: ServedVersion | None = None
+        started = time.perf_counter()
         try:
             manifest = await asyncio.to_thread(read_manifest, directory)  # checksums of every file
             if manifest.version != version_name:  # versions are immutable: a copied directory is not a new one
@@ -113,7 +116,7 @@ class VersionWatcher:
                 raise BundleError(directory, f"a {manifest.task} bundle named {manifest.name!r}, not a version of "
                                              f"the {model.task} model {model.name!r}")  # fmt: skip
             new = start_version(self.settings, manifest)
-            await asyncio.to_thread(new.load, self.settings)
+            await asyncio.to_thread(new.load, self.settings, SWAP_LOADING_THREADS)
         except Exception as error:
             reason = new.error if new is not None and new.error else f"{type(error).__name__}: {error}"
             model.record(version_name, VersionStatus.REFUSED, reason)
@@ -124,7 +127,8 @@ class VersionWatcher:
         old = model.active
         self._now_serving(model, new)
         self.metrics.model_reloads.labels(model.name, "loaded").inc()
-        log.info("model %s: version %s serves; version %s drains", model.name, new.version, old.version)
+        log.info("model %s: version %s verified, loaded and warmed in %.2f s, serves now; version %s drains",
+                 model.name, new.version, time.perf_counter() - started, old.version)  # fmt: skip
         if old.status is not VersionStatus.REFUSED:  # a refused version has no engine left to drain
             old.status = VersionStatus.DRAINING
             model.record(old.version, VersionStatus.DRAINING)
@@ -140,12 +144,15 @@ class VersionWatcher:
 
     async def _drain(self, model: ServedModel, old: ServedVersion) -> None:
         """Unload `old` once no request holds it and its engine has nothing queued or in flight."""
+        started = time.perf_counter()
         while old.leases or old.engine.queue.depth or old.engine.inflight_rows:
             await asyncio.sleep(DRAIN_POLL_S)
+        drained = time.perf_counter()
         await asyncio.to_thread(old.unload)
         model.draining.remove(old)
         model.record(old.version, VersionStatus.UNLOADED)
-        log.info("model %s: version %s drained and unloaded", model.name, old.version)
+        log.info("model %s: version %s drained in %.2f s, unloaded in %.2f s", model.name, old.version,
+                 drained - started, time.perf_counter() - drained)  # fmt: skip
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)

@@ -8,7 +8,6 @@ released). A version that fails to load is `refused` and never serves.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 from dataclasses import dataclass, field
@@ -88,10 +87,12 @@ class ServedVersion:
         assert isinstance(self.service, CaptionService)
         return self.service.ready()
 
-    def load(self, settings: ServerSettings) -> None:
+    def load(self, settings: ServerSettings, loading_threads: int | None = None) -> None:
         """Load and warm up (blocking: run it off the event loop), then set up the shadow monitor. Raises when the
-        bundle cannot be served; the version is then `refused`."""
+        bundle cannot be served; the version is then `refused`. `loading_threads`: torch threads to load and warm
+        up with (a swap loads beside a serving version: one thread leaves it the other cores)."""
         try:
+            self.engine.loading_threads = loading_threads
             self.engine.load(self.directory, settings.torch_threads, manifest=self.manifest)
             bundle = self.engine.bundle
             assert bundle is not None
@@ -107,9 +108,8 @@ class ServedVersion:
         """Close the engine (it finishes what was admitted) and let the weights go (blocking)."""
         self.engine.close()
         self.status = VersionStatus.UNLOADED
-        self.engine.bundle = None
+        self.engine.bundle = None  # the last references to the weights: freed here, by reference counting
         self.monitor = self.service.monitor = None
-        gc.collect()
 
 
 def start_version(settings: ServerSettings, manifest: Manifest) -> ServedVersion:
