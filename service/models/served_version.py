@@ -89,8 +89,9 @@ class ServedVersion:
 
     def load(self, settings: ServerSettings, loading_threads: int | None = None) -> None:
         """Load and warm up (blocking: run it off the event loop), then set up the shadow monitor. Raises when the
-        bundle cannot be served; the version is then `refused`. `loading_threads`: torch threads to load and warm
-        up with (a swap loads beside a serving version: one thread leaves it the other cores)."""
+        bundle cannot be served; the version is then `refused`. `loading_threads`: torch threads to load with (a
+        swap loads beside a serving version, at background priority: one thread leaves it the other cores; the
+        warm-up runs as it will serve)."""
         try:
             self.engine.loading_threads = loading_threads
             self.engine.load(self.directory, settings.torch_threads, manifest=self.manifest)
@@ -148,10 +149,17 @@ def uses_device_path(settings: ServerSettings) -> bool:
     return resolve_device(settings.device, settings.dtype)[0].type == "cuda"
 
 
-def build_monitor(version: ServedVersion, settings: ServerSettings) -> ShadowMonitor:
+def build_monitor(version: ServedVersion, settings: ServerSettings) -> ShadowMonitor | None:
     """The version's shadow monitor, with the calibration split's agreement levels of every policy that can leave
-    early, and online control of its default policy when the settings ask for it."""
-    cache = ExitCache.load(version.directory / CALIBRATION_CACHE_FILE)
+    early, and online control of its default policy when the settings ask for it. None for a bundle without its
+    calibration exit cache (written by every build since the format's first version; the manifest's checksums
+    cover it when it is there): it serves, unmonitored."""
+    cache_file = version.directory / CALIBRATION_CACHE_FILE
+    if not cache_file.is_file():
+        log.warning("model %s version %s has no %s: served without the shadow monitor", version.name,
+                    version.version, CALIBRATION_CACHE_FILE)  # fmt: skip
+        return None
+    cache = ExitCache.load(cache_file)
     live = version.live_policies
     levels = {name: agreement_levels(cache, policy) for name, policy in live.items() if name != "full"}
     budget = float(version.manifest.calibration.get("accuracy_budget", DEFAULT_ACCURACY_BUDGET))
