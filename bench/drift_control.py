@@ -53,6 +53,7 @@ from loadtest.http_connection import ConnectionPool
 from service.settings import DEFAULT_BUNDLE
 
 DRIFTS = ("interleave", "shuffle", "first-words", "shuffle-first-words")
+SETTLE_QUIET_S = 0.3  # no shadow row left for this long: the batch's shadow rows are done
 SETTLE_TIMEOUT_S = 30.0
 
 
@@ -101,13 +102,21 @@ def read_state(url: str, name: str, policy: str, num_layers: int) -> dict[str, A
 
 
 def settled_state(url: str, name: str, policy: str, num_layers: int, fraction: float) -> dict[str, Any]:
-    """The state once every sampled shadow row has left (at fraction 1.0: one per early-exited row)."""
+    """The state once the shadow rows of the requests sent so far have left: no shadow row left for SETTLE_QUIET_S.
+    (Not "one per early-exited row": a request answered just after a threshold change was served at the old one,
+    and is neither counted nor shadowed.)"""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while True:
-        state = read_state(url, name, policy, num_layers)
-        if fraction < 1.0 or state["shadow_rows_left"] >= state["early_rows"] or time.monotonic() > deadline:
-            return state
+    state = read_state(url, name, policy, num_layers)
+    quiet_since = time.monotonic()
+    while fraction > 0 and time.monotonic() < deadline:
         time.sleep(0.05)
+        latest = read_state(url, name, policy, num_layers)
+        if latest["shadow_rows_left"] != state["shadow_rows_left"]:
+            quiet_since = time.monotonic()
+        state = latest
+        if time.monotonic() - quiet_since >= SETTLE_QUIET_S:
+            break
+    return state
 
 
 async def send_batch(url: str, texts: Sequence[str]) -> list[Answer]:

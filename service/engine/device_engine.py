@@ -330,6 +330,8 @@ class DeviceInferenceEngine(InferenceEngine):
             if not group.full_depth and item.policy.reads_exits and item.last_layer == self.savings.num_layers:
                 self.savings.record(item.policy, layer)  # the histograms the skip rule reads: uncapped rows only
             self._answer(item, answer, (layer,))
+        if not group.shadow_only:  # requests' rows left early and shadow rows ran on: the group waits for the others
+            group.shadow_only = all(item is None or item.shadow for item in group.items)
 
     # -- merging ----------------------------------------------------------------------------------------------
 

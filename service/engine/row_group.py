@@ -96,7 +96,8 @@ class RowGroup:
             oldest_at=self.oldest_at,
             cancellations_seen=self.cancellations_seen,
             states_layers=self.depth,
-            shadow_only=self.shadow_only,
+            # Requests' rows left early and shadow rows ran on: from here the group waits for the others.
+            shadow_only=self.shadow_only or all(item.shadow for item in items),
         )
 
     def merged(self, other: RowGroup, backbone: LayerwiseBackbone, num_layers: int) -> RowGroup:

@@ -140,7 +140,7 @@ def test_api_key(guarded_client: TestClient, headers: dict[str, str], status: in
 @pytest.mark.parametrize(
     ("method", "route"),
     [("POST", "/predict"), ("POST", "/"), ("POST", "/invocations"), ("POST", "/tokenize"), ("GET", "/info"),
-     ("GET", "/v1/models")],
+     ("GET", "/v1/models"), ("POST", "/admin/reload")],
 )  # fmt: skip
 def test_every_api_route_needs_the_key_and_the_probes_do_not(
     guarded_client: TestClient, method: str, route: str

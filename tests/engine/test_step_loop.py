@@ -16,6 +16,7 @@ from service.engine.admission_queue import EngineClosedError
 from service.engine.group_selection import GROUP_SELECTION_RULES
 from service.engine.inference_engine import InferenceEngine
 from service.engine.row_outcome import ClassAnswer, Dropped, RowFate
+from service.engine.work_item import WorkItem
 from tests.engine.engine_driver import TEXTS, group_depths, loaded_engine, submit
 
 WAVERING = MaxProbPolicy(0.521)  # the tiny model's confidences sit near 0.52: rows leave at layers 1, 2 and 3
@@ -193,3 +194,31 @@ def test_only_rows_that_ask_get_their_distribution_and_exits(engine: InferenceEn
     assert [trace.layer for trace in with_exits.exits] == [1, 2]
     assert with_exits.exits[-1].label == with_exits.label
     assert math.isclose(with_exits.exits[-1].confidence, with_exits.score)
+
+
+@pytest.mark.parametrize("rule", GROUP_SELECTION_RULES)
+def test_shadow_rows_left_alone_in_a_group_wait_while_a_request_steps(tiny_bundle_dir: Path, rule: str) -> None:
+    engine = loaded_engine(tiny_bundle_dir, group_selection=rule)
+    bundle = engine.bundle
+    assert bundle is not None
+    outcomes: list[object] = []
+
+    def shadow_row() -> WorkItem:
+        return WorkItem(input_ids=bundle.tokenizer(TEXTS[0])["input_ids"], token_type_ids=None,
+                        policy=FullDepthPolicy(), policy_name="full", last_layer=3,
+                        deadline=time.monotonic() + 60, on_done=outcomes.append, shadow=True)  # fmt: skip
+
+    submit(engine, [TEXTS[1]], StaticPolicy(1))
+    engine.queue.submit_shadow(shadow_row())  # a request's row is waiting: the shadow row is shed at once
+    assert outcomes == [Dropped(RowFate.SHED)]
+    engine.run_until_idle()
+    outcomes.clear()
+    engine.queue.submit_shadow(shadow_row())  # nobody waits now: it joins with the next request's row
+    first = submit(engine, [TEXTS[1]], StaticPolicy(1))
+    engine.step_once()  # layer 1 for both; the request's row leaves, the shadow row runs on alone
+    assert first.labels_and_layers() and [group.shadow_only for group in engine.groups] == [True]
+    second = submit(engine, [TEXTS[2]], StaticPolicy(1))
+    engine.step_once()  # the new request's row goes first, though the shadow group is older and deeper
+    assert second.labels_and_layers() and group_depths(engine) == [(1, 1)]
+    engine.run_until_idle()
+    assert isinstance(outcomes[0], ClassAnswer) and outcomes[0].exit_layer == 3
