@@ -34,10 +34,10 @@ import httpx
 import torch
 
 from beem.bundle.manifest import read_manifest, resolve_bundle_dir
+from beem.bundle.version_copy import copy_as_version
 from bench.live_load import (
     RESULTS_DIR,
     Answer,
-    add_version,
     closed_loop,
     latency_summary,
     number,
@@ -63,7 +63,7 @@ async def swap_once(
     """Write `version` into the store, POST /admin/reload, wait until the version before it is unloaded."""
     old = str(version - 1)
     swap: dict[str, Any] = {"version": version, "copy_start": time.perf_counter() - t0, "timeline": []}
-    await asyncio.to_thread(add_version, model_dir, bundle_dir, version, name)
+    await asyncio.to_thread(copy_as_version, bundle_dir, model_dir, version, name)
     swap["reload_post"] = time.perf_counter() - t0
     reply = await admin.post("/admin/reload")
     swap["reload_answered"] = time.perf_counter() - t0
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="beem-hot-swap-") as tmp:
         store = Path(tmp) / "store"
         model_dir = store / manifest.name
-        add_version(model_dir, bundle_dir, 1, manifest.name)
+        copy_as_version(bundle_dir, model_dir, 1, manifest.name)
         command = [sys.executable, "-m", "service.cli", "serve", "--model-store", str(store), "--poll-interval-s", "0"]
         with ServerProcess(command) as server:
             outcome = asyncio.run(scenario(server.url, model_dir, bundle_dir, manifest.name, args))

@@ -9,8 +9,6 @@ machine the client's CPU is taken from the server being measured.
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +18,6 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from beem.bundle.manifest import MANIFEST_FILE
 from loadtest.http_connection import ConnectionPool, HttpError
 from loadtest.load_report import percentile_ms
 from loadtest.workload import CLASSIFY_ROUTE, text_workload
@@ -139,23 +136,6 @@ def metric_value(samples: Sequence[tuple[str, dict[str, str], float]], name: str
         if sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items())
     ]
     return found[0] if found else None
-
-
-def add_version(model_dir: Path, bundle_dir: Path, version: int, name: str | None = None) -> Path:
-    """`bundle_dir` copied to `model_dir/<version>`, its manifest saying that version (and `name`, when given),
-    written beside and renamed into place as the builder does, so a watcher never sees half of it."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = model_dir / f".staging-{version}"
-    shutil.copytree(bundle_dir, staging)
-    manifest_path = staging / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text())
-    manifest["version"] = str(version)
-    if name is not None:
-        manifest["name"] = name
-    manifest_path.write_text(json.dumps(manifest, indent=1))
-    target = model_dir / str(version)
-    staging.rename(target)
-    return target
 
 
 def number(value: float | None, digits: int = 1) -> str:

@@ -4,27 +4,14 @@ writes it), another model the same bundle under another name, a broken version o
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
-from beem.bundle.manifest import MANIFEST_FILE, WEIGHTS_FILE
+from beem.bundle.manifest import WEIGHTS_FILE
+from beem.bundle.version_copy import copy_as_version
 
 
 def add_version(model_dir: Path, bundle_dir: Path, version: int, name: str | None = None) -> Path:
-    """`bundle_dir` copied to `model_dir/<version>`, its manifest saying that version (and `name`, when given).
-    Written beside and renamed into place, as the builder does, so a watcher never sees half of it."""
-    staging = model_dir / f".staging-{version}"
-    shutil.copytree(bundle_dir, staging)
-    manifest_path = staging / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text())
-    manifest["version"] = str(version)
-    if name is not None:
-        manifest["name"] = name
-    manifest_path.write_text(json.dumps(manifest, indent=1))
-    target = model_dir / str(version)
-    staging.rename(target)
-    return target
+    return copy_as_version(bundle_dir, model_dir, version, name)
 
 
 def add_broken_version(model_dir: Path, bundle_dir: Path, version: int) -> Path:
