@@ -163,27 +163,31 @@ def run_phases(
 
 
 def recovery(series: list[dict[str, Any]], target: float, min_comparisons: int) -> dict[str, Any]:
-    """After the drift starts: did the windowed estimate fall below the target, and when was it back?"""
+    """After the drift starts: did the windowed estimate fall below the target, and when was it back? And when did
+    the controller first act (the gauge is read after it acts: it may act before a reading shows the fall), and
+    what was the exact agreement of the drifted batches after that?"""
     drift = [p for p in series if p["phase"] == "drifted"]
     if not drift:
         return {"dropped": False}
     first = series.index(drift[0])
     start = series[first - 1]["requests_sent"] if first else 0  # requests sent before the drift began
+    changes_before = series[first - 1]["threshold_changes"] if first else 0
+    acted = next((p for p in drift if p["threshold_changes"] > changes_before), None)
+    after = (
+        [p["batch_agreement"] for p in drift[drift.index(acted) + 1 :] if p["batch_agreement"] is not None]
+        if acted
+        else []
+    )
+    control = {"first_change_after_drifted_requests": None if acted is None else acted["requests_sent"] - start,
+               "agreement_after_first_change": sum(after) / len(after) if after else None}  # fmt: skip
     dropped_at = next((p for p in drift if p["agreement_window"] is not None and p["agreement_window"] < target), None)
     if dropped_at is None:
-        return {"dropped": False, "drift_started_after_requests": start}
+        return {"dropped": False, "drift_started_after_requests": start, **control}
     later = drift[drift.index(dropped_at) + 1 :]
-    back = next(
-        (
-            p
-            for p in later
-            if p["agreement_window"] is not None
-            and p["agreement_window"] >= target
-            and p["window_comparisons"] >= min_comparisons
-        ),
-        None,
-    )
+    back = next((p for p in later if p["agreement_window"] is not None and p["agreement_window"] >= target
+                 and p["window_comparisons"] >= min_comparisons), None)  # fmt: skip
     return {
+        **control,
         "dropped": True,
         "drift_started_after_requests": start,
         "dropped_below_target_at_requests": dropped_at["requests_sent"],
@@ -310,6 +314,11 @@ def markdown(results: dict[str, Any]) -> str:
         return rows
 
     def recovered(r: dict[str, Any]) -> str:
+        if r.get("first_change_after_drifted_requests") is not None:
+            return (
+                f"alpha first changed after {r['first_change_after_drifted_requests']} drifted requests; exact "
+                f"agreement of the drifted batches after that: {number(r['agreement_after_first_change'], 4)}"
+            )
         if not r.get("dropped"):
             return "the windowed agreement never fell below the target after the drift started"
         if not r["recovered"]:
@@ -364,12 +373,7 @@ def main() -> None:
     arguments.add_argument("--words", type=int, default=5, help="first-words drifts: words kept")
     arguments.add_argument("--seed", type=int, default=0)
     arguments.add_argument("--min-comparisons", type=int, default=30, help="BEEM_ALPHA_CONTROL_MIN_COMPARISONS")
-    arguments.add_argument(
-        "--max-queue-wait-ms",
-        type=float,
-        default=500.0,
-        help="the servers' admission limit (the server's default)",
-    )
+    arguments.add_argument("--max-queue-wait-ms", type=float, default=500.0, help="the servers' admission limit")
     arguments.add_argument(
         "--shadow-window", type=int, help="BEEM_SHADOW_WINDOW: comparisons in the agreement window (server: 400)"
     )
@@ -382,18 +386,11 @@ def main() -> None:
     results = run(args)
     write_results(Path(args.out), "drift_control_cpu", results, markdown(results))
     h = results["headline"]
-    controlled = h["controlled"]
-    if not controlled.get("dropped"):
-        outcome = "agreement never fell below the target after the drift"
-    elif controlled["recovered"]:
-        outcome = f"recovered {controlled['requests_from_drift_start_to_recovery']} requests after the drift began"
-    else:
-        outcome = "fell below the target and did not recover"
     print(
         f"target {h['target']:.4f}; alpha {number(h['calibrated_threshold'], 4)} -> {number(h['final_threshold'], 4)}"
-        f" ({h['threshold_changes']:.0f} changes); with control: {outcome}; final window "
-        f"agreement with / without control: {number(h['final_window_agreement']['controlled'], 4)} / "
-        f"{number(h['final_window_agreement']['uncontrolled'], 4)}"
+        f" ({h['threshold_changes']:.0f} changes); drifted agreement with / without control: "
+        f"{number(h['mean_batch_agreement']['controlled_drifted'], 4)} / "
+        f"{number(h['mean_batch_agreement']['uncontrolled_drifted'], 4)}"
     )
 
 
