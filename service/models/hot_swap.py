@@ -94,7 +94,8 @@ class VersionWatcher:
         async with self._lock:
             for model in self.registry.models.values():
                 directory = newest_version_dir(model.watched) if model.watched is not None else None
-                if directory is None or int(directory.name) <= int(model.active.version):
+                # Directory names, not manifests: they are numbers, and a copy's manifest may say otherwise.
+                if directory is None or int(directory.name) <= int(model.active.directory.name):
                     continue
                 known = model.history.get(directory.name)
                 if known is not None and known.status is VersionStatus.REFUSED and not retry_refused:
