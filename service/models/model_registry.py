@@ -54,8 +54,11 @@ class ModelRegistry:
         file and the problem); nothing is loaded yet."""
         self.settings = settings
         self.models: dict[str, ServedModel] = {}
+        bundle_model = None  # the model of the `bundle` setting, when it is served: the default unless one is named
         for directory, watched in _served_directories(settings):
             manifest = read_manifest(resolve_bundle_dir(directory))
+            if directory.resolve() == settings.bundle.resolve():
+                bundle_model = manifest.name
             if manifest.name in self.models:
                 raise BundleError(directory, f"a second bundle of model {manifest.name!r}: serve one directory each")
             version = start_version(settings, manifest)
@@ -67,15 +70,7 @@ class ModelRegistry:
         named = settings.default_model
         if named is not None and named not in self.models:
             raise BundleError(settings.model_store or settings.bundle, f"default model {named!r} is not served")
-        self.default_name = named or self._bundle_model_name() or sorted(self.models)[0]
-
-    def _bundle_model_name(self) -> str | None:
-        """The model of the `bundle` setting, when it is served (the default model unless one is named)."""
-        try:
-            name = read_manifest(resolve_bundle_dir(self.settings.bundle)).name
-        except BundleError:
-            return None
-        return name if name in self.models else None
+        self.default_name = named or bundle_model or sorted(self.models)[0]
 
     @property
     def tasks(self) -> frozenset[str]:
