@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
@@ -64,6 +65,21 @@ class EngineHealth:
     inflight_rows: int
 
 
+@dataclass(frozen=True)
+class ServingThread:
+    """The thread that serves, as its set-up left it: what a regression in its configuration shows up in."""
+
+    native_id: int  # the OS thread id (its nice value is read live from it)
+    torch_threads: int  # torch.get_num_threads() in that thread once set-up finished (OpenMP's count is per thread)
+
+    def nice(self) -> int | None:
+        """The thread's nice value now; None where threads have no priority of their own (not Linux)."""
+        try:
+            return os.getpriority(os.PRIO_PROCESS, self.native_id)
+        except (AttributeError, OSError):
+            return None
+
+
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     """auto -> CUDA in fp16 when a GPU is present, else CPU in fp32 (CPU half-precision matmuls are slow)."""
     if device == "cuda" and not torch.cuda.is_available():
@@ -101,6 +117,7 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         self._rows_left = 0  # rows that left the engine (answered or dropped after joining it), for the drain rate
         self._cancellations = 0  # bumped by the event loop when a client leaves: rows in flight need a look
         self.loading_threads: int | None = None  # torch threads while loading (default: serving's)
+        self.serving_thread: ServingThread | None = None  # set once loaded, warmed up and set up
 
     # -- what each engine says -------------------------------------------------------------------------------
 
@@ -157,28 +174,39 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         torch_threads: int | None,
         start_worker: bool = True,
         manifest: Manifest | None = None,
+        set_up: Callable[[BundleT], None] | None = None,
     ) -> None:
         """Load and warm up in the engine thread, which then serves (unless `start_worker` is False: then here, and
         benchmarks call `run_until_idle` in this thread). Blocking: call it off the event loop. `manifest`: the
-        bundle's, when the caller has read and verified it already (the server, at start-up).
+        bundle's, when the caller has read and verified it already (the server, at start-up). `set_up`: the
+        caller's own work on the loaded bundle that uses torch (the shadow monitor's calibration agreement levels),
+        run there too, after warm-up; an error in it fails the load.
 
-        Every torch op of the process runs in that one thread, loading included. Why: each thread that runs a
-        parallel torch op gets an OpenMP thread pool of its own, and once libgomp manages more threads than there
-        are cores it stops spinning between parallel regions, so every one of the hundreds of regions in a forward
-        pays a futex wake-up. Measured on the 2-core CPU: a MiniLM forward at batch 1 took 6.4 ms when one thread
-        did everything, 8.2-9.2 ms in a thread after another thread had loaded the model."""
+        Every torch op of the process runs in that one thread, loading and set-up included. Why: each thread that
+        runs a parallel torch op gets an OpenMP thread pool of its own, and once libgomp manages more threads than
+        there are cores it stops spinning between parallel regions, so every one of the hundreds of regions in a
+        forward pays a futex wake-up. Measured on the 2-core CPU: a MiniLM forward at batch 1 took 6.4 ms when one
+        thread did everything, 8.2-9.2 ms in a thread after another thread had loaded the model; a served caption
+        took 221 ms instead of 69 ms at full depth after the shadow monitor's levels were computed in the loading
+        caller's thread (issue 21)."""
         if not start_worker:
-            self._load_and_warm_up(bundle_path, torch_threads, manifest)
+            self._load_and_warm_up(bundle_path, torch_threads, manifest, set_up)
             return
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(bundle_path, torch_threads, ready, manifest),
+        self._thread = threading.Thread(target=self._run, args=(bundle_path, torch_threads, ready, manifest, set_up),
                                         name="beem-engine", daemon=True)  # fmt: skip
         self._thread.start()
         ready.wait()
         if self._error is not None:
             raise RuntimeError(self._error)
 
-    def _load_and_warm_up(self, bundle_path: Path, torch_threads: int | None, manifest: Manifest | None) -> None:
+    def _load_and_warm_up(
+        self,
+        bundle_path: Path,
+        torch_threads: int | None,
+        manifest: Manifest | None,
+        set_up: Callable[[BundleT], None] | None = None,
+    ) -> None:
         serving_threads = torch_threads or torch.get_num_threads()
         try:
             torch.set_num_threads(self.loading_threads or serving_threads)
@@ -201,6 +229,14 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
             self._error = f"warm-up failed: {type(error).__name__}: {error}"
             log.exception("warm-up failed")
             raise
+        if set_up is not None:
+            try:
+                set_up(self.bundle)
+            except Exception as error:
+                self._error = f"set-up failed: {type(error).__name__}: {error}"
+                log.exception("set-up after loading failed")
+                raise
+        self.serving_thread = ServingThread(threading.get_native_id(), torch.get_num_threads())
         self._warmed_up = True
 
     def health(self) -> EngineHealth:
@@ -230,10 +266,15 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
     # -- the loop ---------------------------------------------------------------------------------------------
 
     def _run(
-        self, bundle_path: Path, torch_threads: int | None, ready: threading.Event, manifest: Manifest | None
+        self,
+        bundle_path: Path,
+        torch_threads: int | None,
+        ready: threading.Event,
+        manifest: Manifest | None,
+        set_up: Callable[[BundleT], None] | None,
     ) -> None:
         try:
-            self._load_and_warm_up(bundle_path, torch_threads, manifest)
+            self._load_and_warm_up(bundle_path, torch_threads, manifest, set_up)
         except Exception:
             return  # `load` raises the error in its caller's thread
         finally:

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from beem.bundle.bundle_reader import LoadedBundle
 from beem.bundle.manifest import CALIBRATION_CACHE_FILE, Manifest
 from beem.calibration.agreement_levels import AgreementLevels, agreement_levels
 from beem.calibration.exit_cache import ExitCache
 from beem.calibration.threshold_search import DEFAULT_ACCURACY_BUDGET
+from beem.captioning.caption_bundle import LoadedCaptionBundle
 from beem.policies.exit_policies import BeemPolicy, ExitPolicy, MaxProbPolicy
 from service.captioning import CaptionService, ReadyCaptioner
 from service.classification import ClassificationService, ReadyClassifier
@@ -92,14 +94,18 @@ class ServedVersion:
         bundle cannot be served; the version is then `refused`. `loading_threads`: torch threads to load with (a
         swap loads beside a serving version, at background priority: one thread leaves it the other cores; the
         warm-up runs as it will serve)."""
-        try:
-            self.engine.loading_threads = loading_threads
-            self.engine.load(self.directory, settings.torch_threads, manifest=self.manifest)
-            bundle = self.engine.bundle
-            assert bundle is not None
+
+        def set_up(bundle: LoadedBundle | LoadedCaptionBundle) -> None:
+            # In the engine thread: the monitor's calibration levels run the policies' torch array form, and a
+            # parallel torch op in any other thread gives it an OpenMP pool of its own, which slowed every served
+            # caption 3x on 2 cores (issue 21; StepEngine.load says why).
             self.live_policies.update(bundle.policies)
             self.service.live_policies = self.live_policies
             self.monitor = self.service.monitor = build_monitor(self, settings)
+
+        try:
+            self.engine.loading_threads = loading_threads
+            self.engine.load(self.directory, settings.torch_threads, manifest=self.manifest, set_up=set_up)
         except Exception as error:
             self.status, self.error = VersionStatus.REFUSED, f"{type(error).__name__}: {error}"
             self.engine.close(timeout_s=5.0)
