@@ -1,7 +1,7 @@
 """From a typed classification call to its typed outcome: tokenize off the event loop, enqueue, await.
 
-The request path has one shape (vLLM's api_router / serving split): a route checks readiness once (the
-`ready_classifier` dependency gives it a `ReadyClassifier`), translates the HTTP body into one `ClassifyCall`
+The request path has one shape (vLLM's api_router / serving split): a route checks readiness once (a lease
+on the model registry's serving version gives it a `ReadyClassifier`), translates the HTTP body into one `ClassifyCall`
 (inputs, the chosen policy, limits), makes one `classify` call, and translates the `ClassifyOutcome` back. Nothing
 here knows HTTP beyond the request it watches for a disconnect. It never blocks the event loop: long inputs
 tokenize in a worker thread, the engine runs in its own thread, and the call waits on one future that its rows

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from service.classification import ClassifyCall, ClassifyOutcome, TextRow
 from service.engine.row_outcome import ClassAnswer
 from service.errors import InputValidationError
-from service.routes.dependencies import Classifier, require_api_key
+from service.routes.dependencies import Models, default_classifier, require_api_key
 from service.schemas import ErrorBody, Prediction, PredictRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -100,14 +100,15 @@ def _tei_headers(
         response.headers["x-exit-layer"] = str(outcome.answers[0].exit_layer)
 
 
-async def _predict(body: PredictRequest, request: Request, response: Response, classifier: Classifier) -> object:
+async def _predict(body: PredictRequest, request: Request, response: Response, models: Models) -> object:
     started = time.perf_counter()  # TEI's start_time: the handler's start
     rows, is_batch = parse_tei_inputs(body.inputs)
-    chosen = classifier.policy(None)
-    request.state.policy = chosen.name
-    call = ClassifyCall(rows=rows, policy=chosen, truncate=bool(body.truncate),
-                        truncation_side=body.truncation_direction.lower(), wants_distribution=True)  # fmt: skip
-    outcome = await classifier.classify(call, request)
+    with default_classifier(models, request) as classifier:  # held until answered: a swap lets it finish
+        chosen = classifier.policy(None)
+        request.state.policy = chosen.name
+        call = ClassifyCall(rows=rows, policy=chosen, truncate=bool(body.truncate),
+                            truncation_side=body.truncation_direction.lower(), wants_distribution=True)  # fmt: skip
+        outcome = await classifier.classify(call, request)
     answers = [_ranked(answer, classifier.bundle.labels, body) for answer in outcome.answers]
     device = classifier.service.engine.device.type  # "cpu" or "cuda" (TEI's is always "gpu+optimized")
     _tei_headers(response, outcome, time.perf_counter() - started, device, chosen.name, is_batch)

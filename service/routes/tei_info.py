@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.engine.device_engine import DeviceInferenceEngine
 from service.errors import NotReadyError
-from service.routes.dependencies import Classifier, Models, require_api_key
+from service.routes.dependencies import Models, default_classifier, require_api_key
 from service.schemas import ClassifierModel, EarlyExitInfo, ErrorBody, InfoResponse, ModelType
 
 router = APIRouter()
@@ -26,10 +26,12 @@ SERVER_VERSION = importlib.metadata.version("beem-serve")
 
 @router.get("/info", response_model=InfoResponse, responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
             dependencies=[Depends(require_api_key)])  # fmt: skip
-async def info(request: Request, classifier: Classifier) -> InfoResponse:
+async def info(request: Request, models: Models) -> InfoResponse:
     settings = request.app.state.settings
-    engine = classifier.service.engine
-    manifest = classifier.bundle.manifest
+    with default_classifier(models, request) as classifier:
+        engine = classifier.service.engine
+        manifest = classifier.bundle.manifest
+        max_input_tokens = classifier.max_input_tokens
     labels = manifest.labels
     return InfoResponse(
         model_id=manifest.model_id,
@@ -41,7 +43,7 @@ async def info(request: Request, classifier: Classifier) -> InfoResponse:
             label2id={label: i for i, label in enumerate(labels)},
         )),
         max_concurrent_requests=settings.max_queue,
-        max_input_length=classifier.max_input_tokens,
+        max_input_length=max_input_tokens,
         max_batch_tokens=settings.max_batch_tokens,
         max_batch_requests=settings.max_batch_size,
         max_client_batch_size=settings.max_inputs_per_request,

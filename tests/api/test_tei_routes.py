@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.classification import ReadyClassifier
 from service.settings import ServerSettings
 
 TEXT = "a gorgeous, moving film"
@@ -162,3 +163,31 @@ def test_a_very_negative_logit_has_a_sigmoid_score_not_an_error() -> None:
     from service.routes.predict import _sigmoid
 
     assert _sigmoid(-1000.0) == 0.0 and _sigmoid(1000.0) == 1.0 and _sigmoid(0.0) == 0.5
+
+
+def test_tei_routes_hold_the_serving_versions_lease_until_answered(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A swap drains a version by its leases: a TEI request holds one while it runs and gives it back after,
+    refused ones too (the lease is taken in the handler, not by a dependency)."""
+    serving = client.app.state.models.resolve(None, "classification")  # type: ignore[attr-defined]
+    held_while_running: list[int] = []
+    classify, tokenize = ReadyClassifier.classify, ReadyClassifier.tokenize
+
+    async def recording_classify(self: ReadyClassifier, *args: object) -> object:
+        held_while_running.append(serving.leases)
+        return await classify(self, *args)  # type: ignore[arg-type]
+
+    async def recording_tokenize(self: ReadyClassifier, *args: object) -> object:
+        held_while_running.append(serving.leases)
+        return await tokenize(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ReadyClassifier, "classify", recording_classify)
+    monkeypatch.setattr(ReadyClassifier, "tokenize", recording_tokenize)
+    assert client.post("/predict", json={"inputs": TEXT}).status_code == 200
+    assert client.post("/tokenize", json={"inputs": TEXT}).status_code == 200
+    too_long = client.post("/predict", json={"inputs": "word " * 40, "truncate": False})
+    assert too_long.status_code == 422, too_long.text  # refused inside the lease: past max_input_tokens
+    assert client.get("/info").status_code == 200
+    assert held_while_running == [1, 1, 1]
+    assert serving.leases == 0
