@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from service.engine.device_engine import DEVICEENGINE
 
 from beem.bundle.manifest import resolve_bundle_dir
 from beem.data.examples import read_dataset
@@ -42,8 +43,7 @@ from bench.server_process import ServerProcess
 from loadtest.load_report import summarize
 from loadtest.load_runner import LoadPlan, run_plan
 from loadtest.workload import image_workload, text_workload
-from service.engine.device_engine import DeviceInferenceEngine
-from service.engine.inference_engine import InferenceEngine
+from service.engine.classify.classification_engine import ClassificationEngine
 from service.settings import DEFAULT_BUNDLE
 
 POLICIES = ("beem-a", "max-prob", "full")
@@ -63,7 +63,7 @@ def _synchronise() -> None:
         torch.cuda.synchronize()
 
 
-def _test_rows(engine: InferenceEngine, limit: int) -> tuple[list[list[int]], list[int]]:
+def _test_rows(engine: ClassificationEngine, limit: int) -> tuple[list[list[int]], list[int]]:
     assert engine.bundle is not None
     bundle = engine.bundle
     dataset = read_dataset(REPO_DATA_FILE)
@@ -78,7 +78,7 @@ def parity(bundle_dir: Path, limit: int) -> dict[str, Any]:
     rows, labels = _test_rows(reference, limit)
     batches = [rows[start : start + 32] for start in range(0, len(rows), 32)]
 
-    def answers(engine: InferenceEngine, policy: str) -> list[Any]:
+    def answers(engine: ClassificationEngine, policy: str) -> list[Any]:
         assert engine.bundle is not None
         return [a for batch in batches for a in classify_ids(engine, batch, engine.bundle.policies[policy])]
 
@@ -149,7 +149,7 @@ def engine_section(bundle_dir: Path, batches_per_size: int, singles: int) -> tup
                 "mean_exit_layer": statistics.fmean(layers[name]),
             }
     counters: dict[str, Any] = {"engine_class": type(engine).__name__}
-    if isinstance(engine, DeviceInferenceEngine) and engine.graphs is not None:
+    if isinstance(engine, DEVICEENGINE) and engine.graphs is not None:
         counters.update(graphs_captured=engine.graphs.captured, graph_replays=engine.graphs.replays,
                         eager_steps=engine.graphs.eager_steps, compile_error=engine.compile_error,
                         capture_failures=engine.graphs.capture_failures)  # fmt: skip

@@ -22,7 +22,7 @@ from bench.server_process import ServerProcess
 from loadtest.load_report import summarize
 from loadtest.load_runner import LoadPlan, PhaseResult, run_plan
 from loadtest.workload import text_workload
-from service.engine.group_selection import GROUP_SELECTION_RULES
+from service.engine.classify.group_selection import GROUP_SELECTION_RULES
 from service.settings import DEFAULT_BUNDLE
 
 POLICIES = ("beem-a", "full")

@@ -15,9 +15,9 @@ from fastapi import Request
 from beem.captioning.caption_bundle import LoadedCaptionBundle
 from beem.policies.exit_policies import ExitPolicy
 from service.answer_waiting import RequestAnswers
-from service.engine.caption_engine import CaptionEngine
+from service.engine.caption.caption_engine import CaptionEngine
+from service.engine.caption.image_row import ImageRow
 from service.engine.row_outcome import CaptionAnswer
-from service.engine.work_item import CaptionWorkItem
 from service.errors import NotReadyError
 from service.image_input import image_from_bytes
 from service.monitoring.shadow_monitor import ShadowMonitor
@@ -59,7 +59,7 @@ class ReadyCaptioner:
         started = time.perf_counter()
         image = await asyncio.to_thread(image_from_bytes, image_bytes, settings.max_image_pixels)
         answers = RequestAnswers(asyncio.get_running_loop(), 1, CaptionAnswer)
-        item = CaptionWorkItem(
+        item = ImageRow(
             image=image,
             policy=chosen.policy,
             policy_name=chosen.name,
@@ -77,7 +77,7 @@ class ReadyCaptioner:
         self,
         monitor: ShadowMonitor,
         chosen: ChosenPolicy,
-        item: CaptionWorkItem,
+        item: ImageRow,
         answer: CaptionAnswer,
         latency_s: float,
     ) -> None:
@@ -85,7 +85,7 @@ class ReadyCaptioner:
         sampled, caption the image again at full depth, at low priority."""
         early = any(layer < self.bundle.num_layers for layer in answer.exit_layers)
         if monitor.observe_rows(chosen.name, [early], latency_s):
-            self.service.engine.queue.submit_shadow(CaptionWorkItem(
+            self.service.engine.queue.submit_shadow(ImageRow(
                 image=item.image, policy=self.bundle.policies["full"], policy_name="full",
                 deadline=time.monotonic() + SHADOW_DEADLINE_S, on_done=monitor.comparison(chosen.name, chosen.policy,
                                                                                           answer), shadow=True,

@@ -20,9 +20,9 @@ from fastapi import Request
 from beem.bundle.bundle_reader import LoadedBundle
 from beem.policies.exit_policies import ExitPolicy
 from service.answer_waiting import RequestAnswers
-from service.engine.inference_engine import InferenceEngine
+from service.engine.classify.classification_engine import ClassificationEngine
+from service.engine.classify.tokenized_row import TokenizedRow
 from service.engine.row_outcome import ClassAnswer
-from service.engine.work_item import WorkItem
 from service.errors import InputValidationError, NotReadyError, PayloadTooLargeError
 from service.monitoring.shadow_monitor import ShadowMonitor
 from service.policy_choice import ChosenPolicy, choose_policy
@@ -72,7 +72,7 @@ class ClassifyOutcome:
 class ClassificationService:
     """Owns the engine and the text encoder; `ready()` is the one readiness check a request makes."""
 
-    def __init__(self, engine: InferenceEngine, settings: ServerSettings) -> None:
+    def __init__(self, engine: ClassificationEngine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings
         self._text_encoder: TextEncoder | None = None  # made once the bundle is loaded
@@ -125,7 +125,7 @@ class ReadyClassifier:
         answers = RequestAnswers(asyncio.get_running_loop(), len(call.rows), ClassAnswer)
         deadline = time.monotonic() + settings.request_timeout_s
         items = [
-            WorkItem(
+            TokenizedRow(
                 input_ids=input_ids,
                 token_type_ids=token_types,
                 policy=call.policy.policy,
@@ -156,7 +156,7 @@ class ReadyClassifier:
         self,
         monitor: ShadowMonitor,
         chosen: ChosenPolicy,
-        items: list[WorkItem],
+        items: list[TokenizedRow],
         answers: list[ClassAnswer],
         latency_s: float,
     ) -> None:
@@ -167,7 +167,7 @@ class ReadyClassifier:
         full = self.bundle.policies["full"]
         for row in sampled:
             item = items[row]
-            self.service.engine.queue.submit_shadow(WorkItem(
+            self.service.engine.queue.submit_shadow(TokenizedRow(
                 input_ids=item.input_ids, token_type_ids=item.token_type_ids, policy=full, policy_name="full",
                 last_layer=num_layers, deadline=time.monotonic() + SHADOW_DEADLINE_S,
                 on_done=monitor.comparison(chosen.name, chosen.policy, answers[row]), shadow=True,

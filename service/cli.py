@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from beem import cli as offline_cli
 from beem.bundle.manifest import BundleError
 from loadtest import cli as loadtest_cli
-from service.engine.group_selection import GROUP_SELECTION_RULES
+from service.engine.classify.group_selection import GROUP_SELECTION_RULES
 
 SERVE_FLAGS = (
     ("--model-store", str, "serve every model directory under this folder"),

@@ -64,7 +64,7 @@ class ServiceMetrics:
             "beem_rows_total", "Rows that left, counted once, by outcome: answered, client_gone, timeout, shed, "
             "shutdown, error", ["task", "outcome"], registry=self.registry,
         )  # fmt: skip
-        # The GPU path (service/engine/device_engine.py).
+        # The GPU path (service/engine/classify/device/device_path.py).
         self.device_steps = Counter(
             "beem_device_steps_total", "GPU-path layer steps, by how they ran: graph (a CUDA graph replay) or eager "
             "(a shape outside the buckets, or the CPU)", ["run"], registry=self.registry,

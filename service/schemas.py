@@ -219,7 +219,7 @@ class EarlyExitInfo(BaseModel):
     default_policy: str
     policies: list[str]
     backbone: str
-    engine_path: str = Field(description="'device' or 'host' (service/engine/device_engine.py)")
+    engine_path: str = Field(description="'device' or 'host' (service/engine/classify/device/device_path.py)")
 
 
 class InfoResponse(BaseModel):

@@ -8,7 +8,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.engine.step_buckets import DEFAULT_ROW_BUCKETS, DEFAULT_TOKEN_BUCKETS, StepBuckets, parse_buckets
+from service.engine.classify.device.step_buckets import (
+    DEFAULT_ROW_BUCKETS,
+    DEFAULT_TOKEN_BUCKETS,
+    StepBuckets,
+    parse_buckets,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO_ROOT / "model_store" / "minilm-rt-sentiment"
@@ -72,11 +77,13 @@ class ServerSettings(BaseSettings):
         500.0, gt=0, description="expected wait of a new request (work ahead / measured drain rate); beyond it 429"
     )
     group_selection: Literal["deepest", "shallowest", "oldest", "merging"] = Field(
-        "oldest", description="which group of rows the engine advances next (service/engine/group_selection.py)"
+        "oldest",
+        description="which group of rows the engine advances next (service/engine/classify/group_selection.py)",
     )
     engine_path: Literal["auto", "host", "device"] = Field(
-        "auto", description="classification engine: 'device' keeps state and decisions on the device (CUDA graphs, "
-        "one read back per step; service/engine/device_engine.py), 'host' the CPU-tuned loop; auto: device on CUDA",
+        "auto", description="classification engine's layer path: 'device' keeps state and decisions on the device "
+        "(CUDA graphs, one read back per step; service/engine/classify/device/), 'host' the CPU-tuned loop "
+        "(service/engine/classify/host/); auto: device on CUDA",
     )  # fmt: skip
     cuda_graphs: bool = Field(True, description="device path on CUDA: capture each bucket's layer steps as graphs")
     step_row_buckets: str = Field(

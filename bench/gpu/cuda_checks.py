@@ -31,7 +31,7 @@ from beem.data.examples import read_dataset
 from beem.data.rotten_tomatoes import REPO_DATA_FILE
 from beem.data.splits import split_dataset
 from bench.engine_in_thread import classify_ids, engine_in_thread
-from service.engine.inference_engine import InferenceEngine
+from service.engine.classify.classification_engine import ClassificationEngine
 from service.engine.row_outcome import ClassAnswer
 from service.settings import DEFAULT_BUNDLE
 
@@ -69,7 +69,7 @@ def classification(bundle_dir: Path, gpu: str, limit: int) -> dict[str, Any]:
     test = split_dataset(read_dataset(REPO_DATA_FILE)).test.examples[:limit]
     encoded = [bundle.tokenizer(e.text, truncation=True, max_length=bundle.max_length) for e in test]
 
-    def run(engine: InferenceEngine, rows: list[int], policy: str) -> list[ClassAnswer]:
+    def run(engine: ClassificationEngine, rows: list[int], policy: str) -> list[ClassAnswer]:
         assert engine.bundle is not None
         return classify_ids(engine, [encoded[row]["input_ids"] for row in rows], engine.bundle.policies[policy])
 

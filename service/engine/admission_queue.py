@@ -27,10 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from service.engine.abandoned_rows import abandoned_fate, is_abandoned
 from service.engine.drain_rate import DrainRate
+from service.engine.queued_row import QueuedRow
 from service.engine.row_ledger import RowLedger
 from service.engine.row_outcome import RowFate
-from service.engine.work_item import QueuedRow
 from service.metrics import ServiceMetrics
 
 ItemT = TypeVar("ItemT", bound=QueuedRow)
@@ -196,7 +197,7 @@ class AdmissionQueue(Generic[ItemT]):
                 self._drop_abandoned(now)
             while self._pending and len(taken) < room_rows:
                 candidate = self._pending[0]
-                if candidate.cancelled or candidate.deadline <= now:
+                if is_abandoned(candidate, now):
                     self._drop_abandoned(now)
                     continue
                 wider = max(longest, candidate.num_tokens)
@@ -240,10 +241,8 @@ class AdmissionQueue(Generic[ItemT]):
         self._last_scan = now
         kept: deque[ItemT] = deque()
         for item in self._pending:
-            if item.cancelled:
-                self.ledger.drop([item], item.cancelled_as)
-            elif item.deadline <= now:
-                self.ledger.drop([item], RowFate.TIMEOUT)
+            if is_abandoned(item, now):
+                self.ledger.drop([item], abandoned_fate(item))
             else:
                 kept.append(item)
         self._pending = kept

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
+from service.engine.queued_row import QueuedRow
 from service.engine.row_outcome import CaptionAnswer, ClassAnswer, Dropped, RowFate
-from service.engine.work_item import QueuedRow
 from service.metrics import ServiceMetrics
 
 # beem_shadow_rows_total's outcome for each fate: a shadow row is answered to be compared; one dropped for a request

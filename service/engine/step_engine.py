@@ -6,8 +6,8 @@ The loop: when nothing is in flight, wait for work; between any two steps, admit
 answer the rows that finish at once. A step that raises fails only its own rows (500) and the loop goes on. The
 rows that leave per busy second feed the drain rate that admission divides by.
 
-Subclasses say how a bundle loads and warms up, how queued rows join (`_admit`), what one step is (`_step`), and
-which rows a failed step takes with it (`_fail_step`).
+Each task's engine (`classify/`, `caption/`) says how a bundle loads and warms up, how queued rows join (`_join`),
+what one step is (`_step`), and which rows a failed step takes with it (`_rows_of_failed_step`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ from beem.bundle.bundle_reader import ManifestFields
 from beem.bundle.manifest import Manifest
 from service.engine.admission_queue import AdmissionQueue
 from service.engine.drain_rate import DrainRate
-from service.engine.group_selection import GROUP_SELECTION_RULES
+from service.engine.queued_row import QueuedRow
 from service.engine.row_ledger import RowLedger
 from service.engine.row_outcome import CaptionAnswer, ClassAnswer, RowFate
 from service.engine.thread_priority import background_priority
-from service.engine.work_item import QueuedRow
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -48,11 +47,7 @@ class EngineBudget:
 
     max_rows: int  # rows in the engine at once, at any depth
     max_tokens: int  # padded tokens in the engine at once (rows x their group's longest row, summed)
-    group_selection: str = "oldest"
-
-    def __post_init__(self) -> None:
-        if self.group_selection not in GROUP_SELECTION_RULES:
-            raise ValueError(f"group_selection {self.group_selection!r}: expected one of {GROUP_SELECTION_RULES}")
+    group_selection: str = "oldest"  # classification's rule (classify/group_selection.py); it checks the name
 
 
 @dataclass(frozen=True)
@@ -95,6 +90,7 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
 
     def __init__(
         self,
+        *,
         queue: AdmissionQueue[ItemT],
         ledger: RowLedger,
         drain: DrainRate,

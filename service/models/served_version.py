@@ -24,10 +24,10 @@ from beem.policies.exit_policies import BeemPolicy, ExitPolicy, MaxProbPolicy
 from service.captioning import CaptionService, ReadyCaptioner
 from service.classification import ClassificationService, ReadyClassifier
 from service.engine.admission_queue import AdmissionLimits, AdmissionQueue
-from service.engine.caption_engine import CaptionEngine
-from service.engine.device_engine import DeviceInferenceEngine, DevicePathOptions
+from service.engine.caption.caption_engine import CaptionEngine
+from service.engine.classify.classification_engine import ClassificationEngine
+from service.engine.classify.device.device_path import DevicePathOptions
 from service.engine.drain_rate import DrainRate
-from service.engine.inference_engine import InferenceEngine
 from service.engine.row_ledger import RowLedger
 from service.engine.row_outcome import CaptionAnswer, ClassAnswer
 from service.engine.step_engine import EngineBudget, resolve_device
@@ -53,7 +53,7 @@ class ServedVersion:
     name: str
     directory: Path
     manifest: Manifest
-    engine: InferenceEngine | CaptionEngine
+    engine: ClassificationEngine | CaptionEngine
     service: ClassificationService | CaptionService
     status: VersionStatus = VersionStatus.LOADING
     error: str | None = None
@@ -130,22 +130,25 @@ def start_version(settings: ServerSettings, manifest: Manifest) -> ServedVersion
     return ServedVersion(manifest.name, manifest.path.parent, manifest, engine, service)
 
 
-def build_engine(settings: ServerSettings, task: str, num_layers: int) -> InferenceEngine | CaptionEngine:
+def build_engine(settings: ServerSettings, task: str, num_layers: int) -> ClassificationEngine | CaptionEngine:
     """The engine of a bundle's task, with its admission queue, ledger and drain rate, from the settings."""
     metrics = ServiceMetrics(num_layers)
-    engine_class = CaptionEngine if task == "caption" else InferenceEngine
+    engine_class = CaptionEngine if task == "caption" else ClassificationEngine
     ledger = RowLedger(metrics, engine_class.task, num_layers)
     drain = DrainRate()
     limits = AdmissionLimits(settings.max_queue, settings.max_queue_wait_ms / 1000, settings.max_batch_wait_ms / 1000,
                              max_shadow_rows_in_engine=settings.shadow_max_rows_in_engine)  # fmt: skip
     budget = EngineBudget(settings.max_batch_size, settings.max_batch_tokens, settings.group_selection)
     queue = AdmissionQueue(limits, ledger, drain, metrics)  # type: ignore[var-annotated]
-    if task != "caption" and uses_device_path(settings):
-        options = DevicePathOptions(settings.step_buckets(), settings.cuda_graphs, settings.skip_unprofitable_exits,
-                                    settings.compile_decisions)  # fmt: skip
-        return DeviceInferenceEngine(queue, ledger, drain, metrics, budget, settings.device, settings.dtype,
-                                     options=options)  # fmt: skip
-    return engine_class(queue, ledger, drain, metrics, budget, settings.device, settings.dtype)
+    parts = dict(queue=queue, ledger=ledger, drain=drain, metrics=metrics, budget=budget, device=settings.device,
+                 dtype=settings.dtype)  # fmt: skip
+    if task == "caption":
+        return CaptionEngine(**parts)  # type: ignore[arg-type]
+    options = DevicePathOptions(buckets=settings.step_buckets(), cuda_graphs=settings.cuda_graphs,
+                                skip_unprofitable_exits=settings.skip_unprofitable_exits,
+                                compile_decisions=settings.compile_decisions)  # fmt: skip
+    return ClassificationEngine(**parts, engine_path="device" if uses_device_path(settings) else "host",  # type: ignore[arg-type]
+                                device_path_options=options)  # fmt: skip
 
 
 def uses_device_path(settings: ServerSettings) -> bool:

@@ -15,7 +15,6 @@ import importlib.metadata
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.engine.device_engine import DeviceInferenceEngine
 from service.errors import NotReadyError
 from service.routes.dependencies import Models, default_classifier, require_api_key
 from service.schemas import ClassifierModel, EarlyExitInfo, ErrorBody, InfoResponse, ModelType
@@ -58,7 +57,7 @@ async def info(request: Request, models: Models) -> InfoResponse:
             default_policy=manifest.default_policy,
             policies=list(manifest.policies),
             backbone=str(manifest.backbone.get("name") or manifest.backbone.get("model_type") or "unknown"),
-            engine_path="device" if isinstance(engine, DeviceInferenceEngine) else "host",
+            engine_path=engine.engine_path,
         ),
     )  # fmt: skip
 

@@ -1,15 +1,15 @@
-"""The GPU path of the classification engine (service/engine/device_engine.py) on the tiny generated bundle,
-driven step by step in the test thread. Where CUDA is absent it runs on the CPU through the same code (every
-step eager); the CUDA-only tests skip with a reason.
+"""The device layer path of the classification engine (service/engine/classify/device/device_path.py) on the tiny
+generated bundle, driven step by step in the test thread. Where CUDA is absent it runs on the CPU through the same
+code (every step eager); the CUDA-only tests skip with a reason.
 
-The reference is the host path (`InferenceEngine`): the same rows under the same policies get the same labels,
+The reference is the host path (`host/host_path.py`): the same rows under the same policies get the same labels,
 exit layers and scores.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,12 +24,12 @@ from beem.policies.exit_policies import (
     PatiencePolicy,
     StaticPolicy,
 )
-from service.engine.device_engine import DeviceInferenceEngine
-from service.engine.group_selection import GROUP_SELECTION_RULES
-from service.engine.inference_engine import InferenceEngine
-from service.engine.packet_reader import PacketReader
+from service.engine.classify.classification_engine import ClassificationEngine
+from service.engine.classify.device.device_path import DevicePath
+from service.engine.classify.device.packet_reader import PacketReader
+from service.engine.classify.group_selection import GROUP_SELECTION_RULES
+from service.engine.classify.tokenized_row import TokenizedRow
 from service.engine.row_outcome import ClassAnswer, Dropped, RowFate
-from service.engine.work_item import WorkItem
 from tests.engine.engine_driver import TEXTS, Submitted, loaded_engine, submit
 
 POLICIES: list[ExitPolicy] = [
@@ -43,32 +43,48 @@ POLICIES: list[ExitPolicy] = [
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def device_engine(bundle_dir: Path, **settings: object) -> DeviceInferenceEngine:
+def device_engine(bundle_dir: Path, **settings: object) -> ClassificationEngine:
     engine = loaded_engine(bundle_dir, engine_path="device", skip_unprofitable_exits=False, **settings)
-    assert isinstance(engine, DeviceInferenceEngine)
+    path_of(engine)
     return engine
 
 
+def path_of(engine: ClassificationEngine) -> DevicePath:
+    assert isinstance(engine.path, DevicePath)
+    return engine.path
+
+
 @pytest.fixture
-def host(tiny_bundle_dir: Path) -> InferenceEngine:
+def host(tiny_bundle_dir: Path) -> ClassificationEngine:
     engine = loaded_engine(tiny_bundle_dir, engine_path="host")
-    assert type(engine) is InferenceEngine
+    assert engine.engine_path == "host"
     return engine
 
 
 @pytest.fixture(params=["read-at-once", "read-one-step-late"])
-def device(request: pytest.FixtureRequest, tiny_bundle_dir: Path) -> DeviceInferenceEngine:
+def make_device(request: pytest.FixtureRequest, tiny_bundle_dir: Path) -> Callable[..., ClassificationEngine]:
     """The CPU reads a step's packet at once; "read-one-step-late" reads it after queueing the next step, as on
     CUDA, so the run-ahead (steps on rows the host has not yet seen leave, cuts and merges around unread packets)
     is tested here too."""
-    engine = device_engine(tiny_bundle_dir)
-    if request.param == "read-one-step-late":
-        assert engine.reader is not None
-        engine.reader = PacketReader(engine.device, engine.reader.width, hold_back_on_cpu=True)
-    return engine
+
+    def make(**settings: object) -> ClassificationEngine:
+        engine = device_engine(tiny_bundle_dir, **settings)
+        if request.param == "read-one-step-late":
+            path = path_of(engine)
+            path.reader = PacketReader(engine.device, path.reader.width, hold_back_on_cpu=True)
+        return engine
+
+    return make
 
 
-def _answers(engine: InferenceEngine, texts: list[str], policy: ExitPolicy, **options: object) -> list[ClassAnswer]:
+@pytest.fixture
+def device(make_device: Callable[..., ClassificationEngine]) -> ClassificationEngine:
+    return make_device()
+
+
+def _answers(
+    engine: ClassificationEngine, texts: list[str], policy: ExitPolicy, **options: object
+) -> list[ClassAnswer]:
     submitted = submit(engine, texts, policy, **options)  # type: ignore[arg-type]
     engine.run_until_idle()
     return submitted.answers()
@@ -79,13 +95,13 @@ def _same(first: list[ClassAnswer], second: list[ClassAnswer]) -> None:
     assert [a.score for a in first] == pytest.approx([a.score for a in second], abs=1e-6)
 
 
-def _live_depths(engine: DeviceInferenceEngine) -> list[tuple[int, int]]:
-    return sorted((group.depth, group.live) for group in engine.device_groups if group.live)
+def _live_depths(engine: ClassificationEngine) -> list[tuple[int, int]]:
+    return sorted((group.depth, group.live) for group in path_of(engine).groups if group.live)
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.name)
 def test_the_device_path_answers_as_the_host_path(
-    host: InferenceEngine, device: DeviceInferenceEngine, policy: ExitPolicy
+    host: ClassificationEngine, device: ClassificationEngine, policy: ExitPolicy
 ) -> None:
     expected = _answers(host, TEXTS, policy, return_exits=True)
     got = _answers(device, TEXTS, policy, return_exits=True)
@@ -97,7 +113,7 @@ def test_the_device_path_answers_as_the_host_path(
 
 
 def test_rows_leave_at_every_layer_and_mixed_policies_keep_their_own_rule(
-    host: InferenceEngine, device: DeviceInferenceEngine
+    host: ClassificationEngine, device: ClassificationEngine
 ) -> None:
     alone = {(text, policy): _answers(host, [text], policy)[0] for text in TEXTS for policy in POLICIES}
     assert len({a.exit_layer for a in alone.values()}) == 3, "rows should leave at every layer"
@@ -109,9 +125,9 @@ def test_rows_leave_at_every_layer_and_mixed_policies_keep_their_own_rule(
 
 @pytest.mark.parametrize("rule", GROUP_SELECTION_RULES)
 def test_rows_joining_mid_flight_get_what_they_get_alone(
-    host: InferenceEngine, device: DeviceInferenceEngine, rule: str
+    host: ClassificationEngine, make_device: Callable[..., ClassificationEngine], rule: str
 ) -> None:
-    device.budget = replace(device.budget, group_selection=rule)
+    device = make_device(group_selection=rule)
     for policy in POLICIES:
         alone = [_answers(host, [text], policy)[0] for text in TEXTS]
         first = submit(device, TEXTS[:3], policy)
@@ -120,7 +136,7 @@ def test_rows_joining_mid_flight_get_what_they_get_alone(
         device.step_once()
         device.run_until_idle()
         _same(alone, first.answers() + late.answers())
-    assert not device.device_groups and device.inflight_rows == 0
+    assert not path_of(device).groups and device.inflight_rows == 0
 
 
 def test_groups_are_padded_to_buckets_and_rows_of_one_token_bucket_join_together(tiny_bundle_dir: Path) -> None:
@@ -128,8 +144,10 @@ def test_groups_are_padded_to_buckets_and_rows_of_one_token_bucket_join_together
     lengths = [len(ids) for ids in engine.bundle.tokenizer(TEXTS)["input_ids"]]  # type: ignore[union-attr]
     submitted = submit(engine, TEXTS, FullDepthPolicy())
     engine.step_once()
-    shapes = sorted((group.capacity, group.width, group.live) for group in engine.device_groups)
-    by_bucket = {bucket: sum(1 for n in lengths if engine.buckets.token_bucket(n) == bucket) for bucket in (8, 16)}
+    shapes = sorted((group.capacity, group.width, group.live) for group in path_of(engine).groups)
+    by_bucket = {
+        bucket: sum(1 for n in lengths if path_of(engine).buckets.token_bucket(n) == bucket) for bucket in (8, 16)
+    }
     beyond = sum(1 for n in lengths if n > 16)
     assert beyond, "one text should be longer than the largest token bucket"
     expected = []
@@ -137,7 +155,7 @@ def test_groups_are_padded_to_buckets_and_rows_of_one_token_bucket_join_together
         left = count
         while left:
             rows = min(left, 4)
-            expected.append((engine.buckets.shape(rows, bucket).rows, bucket, rows))
+            expected.append((path_of(engine).buckets.shape(rows, bucket).rows, bucket, rows))
             left -= rows
     expected += [(1, max(lengths), 1)] * beyond  # beyond the buckets: its own shape, run eagerly
     assert shapes == sorted(expected)
@@ -146,30 +164,29 @@ def test_groups_are_padded_to_buckets_and_rows_of_one_token_bucket_join_together
 
 
 def test_a_group_beyond_the_largest_bucket_runs_at_its_own_shape_and_answers_the_same(
-    host: InferenceEngine, tiny_bundle_dir: Path
+    host: ClassificationEngine, tiny_bundle_dir: Path
 ) -> None:
     engine = device_engine(tiny_bundle_dir, step_row_buckets="1,2", step_token_buckets="4")
     for policy in POLICIES[:3]:
         _same(_answers(host, TEXTS, policy), _answers(engine, TEXTS, policy))
-    assert engine.graphs is not None and engine.graphs.replays == 0 and engine.graphs.eager_steps > 0
+    assert path_of(engine).graphs.replays == 0 and path_of(engine).graphs.eager_steps > 0
 
 
 def test_groups_shrink_to_a_smaller_bucket_as_rows_leave(
-    device: DeviceInferenceEngine, monkeypatch: pytest.MonkeyPatch
+    device: ClassificationEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert device.graphs is not None
-    real_run = device.graphs.run
+    real_run = path_of(device).graphs.run
     shapes: list[tuple[int, int]] = []
 
     def recording(kind: str, layer: int, hidden: torch.Tensor, *rest: torch.Tensor) -> object:
         shapes.append((layer, hidden.shape[0]))
         return real_run(kind, layer, hidden, *rest)
 
-    monkeypatch.setattr(device.graphs, "run", recording)
+    monkeypatch.setattr(path_of(device).graphs, "run", recording)
     submitted = submit(device, TEXTS[:2] * 4, MaxProbPolicy(0.521))  # 8 short rows, half leave at layer 1
     device.run_until_idle()
     assert [a.exit_layer for a in submitted.answers()] == [2, 1] * 4
-    if device.reader is not None and device.reader.hold_back_on_cpu:
+    if path_of(device).reader.hold_back_on_cpu:
         # Layer 2 was queued before layer 1's answers were read, at 8 rows; layer 3 at 4, before layer 2's answers
         # said everyone had left: the run-ahead's price, one step per group.
         assert shapes == [(1, 8), (2, 8), (3, 4)]
@@ -178,19 +195,18 @@ def test_groups_shrink_to_a_smaller_bucket_as_rows_leave(
 
 
 def test_decisions_are_read_back_only_where_a_row_can_leave(
-    device: DeviceInferenceEngine, monkeypatch: pytest.MonkeyPatch
+    device: ClassificationEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert device.reader is not None
-    real_send = device.reader.send
+    real_send = path_of(device).reader.send
     layers: list[int] = []
 
     def recording(table: torch.Tensor) -> object:
-        assert device._device_current is not None
-        layers.append(device._device_current.depth)
+        assert path_of(device)._current is not None
+        layers.append(path_of(device)._current.depth)
         return real_send(table)
 
-    monkeypatch.setattr(device.reader, "send", recording)
-    late = device.reader.hold_back_on_cpu  # the run-ahead may run (and read) one step past the last exit
+    monkeypatch.setattr(path_of(device).reader, "send", recording)
+    late = path_of(device).reader.hold_back_on_cpu  # the run-ahead may run (and read) one step past the last exit
     for policy, first_possible in ((FullDepthPolicy(), 3), (StaticPolicy(2), 2),
                                    (BeemPolicy("beem-c", (1 / 3, 2 / 3, 1.0), 0.9), 2)):  # fmt: skip
         layers.clear()
@@ -201,7 +217,7 @@ def test_decisions_are_read_back_only_where_a_row_can_leave(
     assert device.metrics.step_readbacks._value.get() > 0
 
 
-def test_abandoned_rows_leave_between_steps_and_the_rest_are_answered(device: DeviceInferenceEngine) -> None:
+def test_abandoned_rows_leave_between_steps_and_the_rest_are_answered(device: ClassificationEngine) -> None:
     submitted = submit(device, TEXTS[:3], FullDepthPolicy())
     short = submit(device, TEXTS[3:4], FullDepthPolicy(), timeout_s=0.2)
     device.step_once()
@@ -218,17 +234,16 @@ def test_abandoned_rows_leave_between_steps_and_the_rest_are_answered(device: De
     time.sleep(0.1)
     device.run_until_idle()
     assert gone.outcomes == {0: Dropped(RowFate.TIMEOUT)}
-    assert not device.device_groups, "a group with no rows left stays in the engine"
+    assert not path_of(device).groups, "a group with no rows left stays in the engine"
     metrics = device.metrics.render().decode()
     assert 'beem_rows_total{outcome="answered",task="classification"} 2.0' in metrics
     assert 'beem_layer_batch_size_sum{layer="3"} 2.0' in metrics  # the dropped rows ran no layer after leaving
 
 
 def test_a_step_that_raises_fails_its_rows_and_the_engine_serves_on(
-    device: DeviceInferenceEngine, monkeypatch: pytest.MonkeyPatch
+    device: ClassificationEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert device.graphs is not None
-    step = device.graphs.step
+    step = path_of(device).graphs.step
     real = step.with_exit
     calls = {"count": 0}
 
@@ -242,12 +257,12 @@ def test_a_step_that_raises_fails_its_rows_and_the_engine_serves_on(
     doomed = submit(device, [TEXTS[0], TEXTS[1], TEXTS[3]], MaxProbPolicy(0.521))  # one token bucket: one group
     device.run_until_idle()
     assert set(doomed.outcomes.values()) == {Dropped(RowFate.ERROR, "RuntimeError: injected fault")}
-    assert len(doomed.outcomes) == 3 and not device.device_groups
+    assert len(doomed.outcomes) == 3 and not path_of(device).groups
     assert len(_answers(device, TEXTS[:3], MaxProbPolicy(0.521))) == 3
 
 
-def test_closing_drains_rows_at_every_depth(device: DeviceInferenceEngine) -> None:
-    device.budget = replace(device.budget, group_selection="shallowest")
+def test_closing_drains_rows_at_every_depth(make_device: Callable[..., ClassificationEngine]) -> None:
+    device = make_device(group_selection="shallowest")
     deep = submit(device, TEXTS[:2], FullDepthPolicy())
     device.step_once()
     device.step_once()
@@ -261,13 +276,13 @@ def test_closing_drains_rows_at_every_depth(device: DeviceInferenceEngine) -> No
 
 def test_a_group_whose_exits_would_not_pay_runs_at_full_depth_and_says_so(tiny_bundle_dir: Path) -> None:
     engine = loaded_engine(tiny_bundle_dir, engine_path="device")
-    assert isinstance(engine, DeviceInferenceEngine) and engine.savings is not None
     policy = MaxProbPolicy(0.521)
-    engine.savings.min_rows = 4
-    tokens = engine.buckets.tokens[0]
+    path = path_of(engine)
+    path.savings.min_rows = 4
+    tokens = path.buckets.tokens[0]
     # Exit heads as dear as three layers, every row leaving late: exits cannot pay at these shapes.
-    engine.savings.costs = {(kind, rows, tokens): (3.0 if kind == "with_exit" else 1.0)
-                            for kind in ("layer_only", "with_exit") for rows in engine.buckets.rows}  # fmt: skip
+    path.savings.costs = {(kind, rows, tokens): (3.0 if kind == "with_exit" else 1.0)
+                          for kind in ("layer_only", "with_exit") for rows in path.buckets.rows}  # fmt: skip
     short = [text for text in TEXTS if len(text) < 30]
     learned = _answers(engine, short, policy)  # not enough rows seen yet: exits run, and are counted
     assert sorted({a.exit_layer for a in learned}) != [3]
@@ -275,15 +290,15 @@ def test_a_group_whose_exits_would_not_pay_runs_at_full_depth_and_says_so(tiny_b
     assert [a.exit_layer for a in skipped] == [3] * len(short)
     metrics = engine.metrics.render().decode()
     assert f'beem_exit_heads_skipped_rows_total{{policy="max-prob"}} {len(short)}.0' in metrics
-    engine.savings.costs = {}  # cheap heads again (no cost known: exits assumed to pay)
+    path.savings.costs = {}  # cheap heads again (no cost known: exits assumed to pay)
     _same(learned, _answers(engine, short, policy))
 
 
-def test_rows_that_ask_get_their_distribution(host: InferenceEngine, device: DeviceInferenceEngine) -> None:
+def test_rows_that_ask_get_their_distribution(host: ClassificationEngine, device: ClassificationEngine) -> None:
     answers = []
     for engine in (host, device):
         submitted = Submitted([])
-        item = WorkItem(input_ids=engine.bundle.tokenizer(TEXTS[0])["input_ids"], token_type_ids=None,  # type: ignore[union-attr]
+        item = TokenizedRow(input_ids=engine.bundle.tokenizer(TEXTS[0])["input_ids"], token_type_ids=None,  # type: ignore[union-attr]
                         policy=MaxProbPolicy(0.521), policy_name="max-prob", last_layer=3, wants_distribution=True,
                         deadline=time.monotonic() + 60,
                         on_done=lambda outcome, s=submitted: s.outcomes.__setitem__(0, outcome))  # fmt: skip
@@ -300,19 +315,19 @@ def test_rows_that_ask_get_their_distribution(host: InferenceEngine, device: Dev
 @needs_cuda
 def test_the_cuda_step_loop_never_synchronises_but_for_its_one_read_back(tiny_bundle_dir: Path) -> None:
     engine = device_engine(tiny_bundle_dir, device="cuda", dtype="float32")
-    assert engine.graphs is not None
     waits = []
-    real_read = type(engine)._read_pending
+    path = path_of(engine)
+    real_read = type(path)._read_pending
 
-    def counting(self: DeviceInferenceEngine) -> None:
-        waits.append(self._pending is not None)
+    def counting(self: DevicePath) -> None:
+        waits.append(self._unread_packet is not None)
         torch.cuda.set_sync_debug_mode("default")  # the packet's own wait is the one allowed
         try:
             real_read(self)
         finally:
             torch.cuda.set_sync_debug_mode("error")
 
-    engine._read_pending = counting.__get__(engine)  # type: ignore[method-assign]
+    path._read_pending = counting.__get__(path)  # type: ignore[method-assign]
     submitted = [submit(engine, TEXTS, policy) for policy in POLICIES]
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -320,16 +335,16 @@ def test_the_cuda_step_loop_never_synchronises_but_for_its_one_read_back(tiny_bu
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(len(s.answers()) == len(TEXTS) for s in submitted)
-    assert engine.graphs.replays > 0
+    assert path_of(engine).graphs.replays > 0
 
 
 @needs_cuda
-def test_cuda_graphs_answer_as_the_cpu(host: InferenceEngine, tiny_bundle_dir: Path) -> None:
+def test_cuda_graphs_answer_as_the_cpu(host: ClassificationEngine, tiny_bundle_dir: Path) -> None:
     engine = device_engine(tiny_bundle_dir, device="cuda", dtype="float32")
     for policy in POLICIES:
         _same(_answers(host, TEXTS, policy), _answers(engine, TEXTS, policy))
-    assert engine.graphs is not None and engine.graphs.replays > 0
-    assert engine.graphs.eager_steps == 0 or any(len(t) > max(engine.buckets.tokens) for t in TEXTS)
+    assert path_of(engine).graphs.replays > 0
+    assert path_of(engine).graphs.eager_steps == 0 or any(len(t) > max(path_of(engine).buckets.tokens) for t in TEXTS)
 
 
 @needs_cuda

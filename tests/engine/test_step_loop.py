@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from beem.policies.exit_policies import BeemPolicy, ExitPolicy, FullDepthPolicy, MaxProbPolicy, StaticPolicy
 from service.engine.admission_queue import EngineClosedError
-from service.engine.group_selection import GROUP_SELECTION_RULES
-from service.engine.inference_engine import InferenceEngine
+from service.engine.classify.classification_engine import ClassificationEngine
+from service.engine.classify.group_selection import GROUP_SELECTION_RULES
+from service.engine.classify.tokenized_row import TokenizedRow
 from service.engine.row_outcome import ClassAnswer, Dropped, RowFate
-from service.engine.work_item import WorkItem
-from tests.engine.engine_driver import TEXTS, group_depths, loaded_engine, submit
+from tests.engine.engine_driver import TEXTS, group_depths, host_groups, loaded_engine, submit
 
 WAVERING = MaxProbPolicy(0.521)  # the tiny model's confidences sit near 0.52: rows leave at layers 1, 2 and 3
 POLICIES: list[ExitPolicy] = [WAVERING, BeemPolicy("beem-c", (1 / 3, 2 / 3, 1.0), 0.5), StaticPolicy(2),
@@ -25,25 +24,28 @@ POLICIES: list[ExitPolicy] = [WAVERING, BeemPolicy("beem-c", (1 / 3, 2 / 3, 1.0)
 
 
 @pytest.fixture
-def engine(tiny_bundle_dir: Path) -> InferenceEngine:
+def engine(tiny_bundle_dir: Path) -> ClassificationEngine:
     return loaded_engine(tiny_bundle_dir)
 
 
-def _selecting(engine: InferenceEngine, rule: str) -> None:
-    engine.budget = replace(engine.budget, group_selection=rule)
+def _selecting(bundle_dir: Path, rule: str) -> ClassificationEngine:
+    """An engine whose groups are picked by `rule` (a path is built with its budget, at load)."""
+    return loaded_engine(bundle_dir, group_selection=rule)
 
 
-def _alone(engine: InferenceEngine, text: str, policy: ExitPolicy) -> tuple[int, int]:
+def _alone(engine: ClassificationEngine, text: str, policy: ExitPolicy) -> tuple[int, int]:
     submitted = submit(engine, [text], policy)
     engine.run_until_idle()
     return submitted.labels_and_layers()[0]
 
 
 @pytest.mark.parametrize("rule", GROUP_SELECTION_RULES)
-def test_a_row_joining_mid_flight_gets_what_it_gets_alone(engine: InferenceEngine, rule: str) -> None:
+def test_a_row_joining_mid_flight_gets_what_it_gets_alone(
+    engine: ClassificationEngine, rule: str, tiny_bundle_dir: Path
+) -> None:
     alone = {(text, policy): _alone(engine, text, policy) for text in TEXTS for policy in POLICIES}
     assert len({layer for _, layer in alone.values()}) == 3, "rows should leave at every layer"
-    _selecting(engine, rule)
+    engine = _selecting(tiny_bundle_dir, rule)
     for policy in POLICIES:
         first = submit(engine, TEXTS[:3], policy)
         engine.step_once()  # the first rows ran layer 1; some may have left
@@ -58,9 +60,9 @@ def test_a_row_joining_mid_flight_gets_what_it_gets_alone(engine: InferenceEngin
             assert sum(rows for _, rows in depths) == len(TEXTS)
 
 
-def test_rows_at_the_same_depth_from_different_arrivals_merge(engine: InferenceEngine) -> None:
+def test_rows_at_the_same_depth_from_different_arrivals_merge(tiny_bundle_dir: Path) -> None:
     """Newcomers that reach the depth of rows already there join their group: layer 2 runs once, on all five."""
-    _selecting(engine, "shallowest")
+    engine = _selecting(tiny_bundle_dir, "shallowest")
     first = submit(engine, TEXTS[:2], FullDepthPolicy())
     engine.step_once()  # depth 1: two rows
     second = submit(engine, TEXTS[2:5], FullDepthPolicy())
@@ -73,7 +75,7 @@ def test_rows_at_the_same_depth_from_different_arrivals_merge(engine: InferenceE
     assert 'beem_layer_batch_size_count{layer="2"} 1.0' in metrics
 
 
-def test_rows_of_different_policies_share_one_group_and_keep_their_own_rule(engine: InferenceEngine) -> None:
+def test_rows_of_different_policies_share_one_group_and_keep_their_own_rule(engine: ClassificationEngine) -> None:
     alone = [_alone(engine, TEXTS[0], policy) for policy in POLICIES]
     submitted = [submit(engine, [TEXTS[0]], policy) for policy in POLICIES]  # queued together
     engine.step_once()
@@ -85,7 +87,7 @@ def test_rows_of_different_policies_share_one_group_and_keep_their_own_rule(engi
     assert f'beem_layer_batch_size_count{{layer="1"}} {len(POLICIES) + 1}.0' in metrics
 
 
-def test_cancelled_and_timed_out_rows_leave_between_steps(engine: InferenceEngine) -> None:
+def test_cancelled_and_timed_out_rows_leave_between_steps(engine: ClassificationEngine) -> None:
     submitted = submit(engine, TEXTS[:3], FullDepthPolicy())
     short = submit(engine, TEXTS[3:4], FullDepthPolicy(), timeout_s=0.2)
     engine.step_once()  # one group of four at depth 1
@@ -106,7 +108,7 @@ def test_cancelled_and_timed_out_rows_leave_between_steps(engine: InferenceEngin
 
 
 def test_a_step_that_raises_fails_its_rows_and_the_engine_serves_on(
-    engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch
+    engine: ClassificationEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert engine.bundle is not None
     model = engine.bundle.model
@@ -130,9 +132,9 @@ def test_a_step_that_raises_fails_its_rows_and_the_engine_serves_on(
     assert 'beem_rows_total{outcome="error",task="classification"} 3.0' in engine.metrics.render().decode()
 
 
-def test_closing_drains_rows_at_every_depth(engine: InferenceEngine) -> None:
+def test_closing_drains_rows_at_every_depth(tiny_bundle_dir: Path) -> None:
     """Rows queued, at depth 1 and at depth 2 when the engine closes are all answered; a new row is refused."""
-    _selecting(engine, "shallowest")
+    engine = _selecting(tiny_bundle_dir, "shallowest")
     deep = submit(engine, TEXTS[:2], FullDepthPolicy())
     engine.step_once()
     engine.step_once()
@@ -163,7 +165,7 @@ def test_budgets_count_the_rows_already_in_flight(tiny_bundle_dir: Path) -> None
 
 
 def test_depth_only_rows_skip_the_exit_heads_they_cannot_use(
-    engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch
+    engine: ClassificationEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert engine.bundle is not None
     model = engine.bundle.model
@@ -185,7 +187,7 @@ def test_depth_only_rows_skip_the_exit_heads_they_cannot_use(
     assert [a.exit_layer for a in full.answers() + static.answers() + capped.answers()] == [3, 3, 2, 2, 1]
 
 
-def test_only_rows_that_ask_get_their_distribution_and_exits(engine: InferenceEngine) -> None:
+def test_only_rows_that_ask_get_their_distribution_and_exits(engine: ClassificationEngine) -> None:
     plain = submit(engine, TEXTS[:1], StaticPolicy(2))
     traced = submit(engine, TEXTS[:1], StaticPolicy(2), return_exits=True)
     engine.run_until_idle()
@@ -203,8 +205,8 @@ def test_shadow_rows_left_alone_in_a_group_wait_while_a_request_steps(tiny_bundl
     assert bundle is not None
     outcomes: list[object] = []
 
-    def shadow_row() -> WorkItem:
-        return WorkItem(input_ids=bundle.tokenizer(TEXTS[0])["input_ids"], token_type_ids=None,
+    def shadow_row() -> TokenizedRow:
+        return TokenizedRow(input_ids=bundle.tokenizer(TEXTS[0])["input_ids"], token_type_ids=None,
                         policy=FullDepthPolicy(), policy_name="full", last_layer=3,
                         deadline=time.monotonic() + 60, on_done=outcomes.append, shadow=True)  # fmt: skip
 
@@ -216,7 +218,7 @@ def test_shadow_rows_left_alone_in_a_group_wait_while_a_request_steps(tiny_bundl
     engine.queue.submit_shadow(shadow_row())  # nobody waits now: it joins with the next request's row
     first = submit(engine, [TEXTS[1]], StaticPolicy(1))
     engine.step_once()  # layer 1 for both; the request's row leaves, the shadow row runs on alone
-    assert first.labels_and_layers() and [group.shadow_only for group in engine.groups] == [True]
+    assert first.labels_and_layers() and [group.shadow_only for group in host_groups(engine)] == [True]
     second = submit(engine, [TEXTS[2]], StaticPolicy(1))
     engine.step_once()  # the new request's row goes first, though the shadow group is older and deeper
     assert second.labels_and_layers() and group_depths(engine) == [(1, 1)]

@@ -23,7 +23,6 @@ from beem.model.exit_heads import ExitHeads, ExitHeadSpec
 from beem.model.multi_exit_model import MultiExitModel
 from beem.training.checkpoint import STATE_FILE
 from beem.training.trainer import TrainingConfig, _optimizer, train
-from service.engine.device_engine import DeviceInferenceEngine
 from tests.engine.engine_driver import TEXTS, loaded_engine, submit
 
 CONFIG = TrainingConfig(epochs=2, batch_size=8, learning_rate=1e-3, max_length=24, max_steps_per_epoch=2)
@@ -71,7 +70,7 @@ def test_a_linear_head_bundle_reloads_to_its_calibration_exits(lever_bundle_dir:
 
 def _served(bundle_dir: Path, engine_path: str, policy_name: str) -> list[tuple[int, int]]:
     engine = loaded_engine(bundle_dir, engine_path=engine_path, skip_unprofitable_exits=False)
-    assert isinstance(engine, DeviceInferenceEngine) == (engine_path == "device")
+    assert engine.engine_path == engine_path
     assert engine.bundle is not None
     submitted = submit(engine, TEXTS, engine.bundle.policies[policy_name])
     engine.run_until_idle()

@@ -11,9 +11,9 @@ import pytest
 from beem.policies.exit_policies import FullDepthPolicy
 from service.engine.admission_queue import AdmissionLimits, AdmissionQueue, EngineClosedError, QueueFullError
 from service.engine.drain_rate import DrainRate
+from service.engine.queued_row import QueuedRow
 from service.engine.row_ledger import RowLedger
 from service.engine.row_outcome import Dropped, RowFate, RowOutcome
-from service.engine.work_item import QueuedRow
 from service.metrics import ServiceMetrics
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from beem.policies.exit_policies import ExitPolicy, MaxProbPolicy
-from service.engine.exit_savings import ExitSavings
-from service.engine.step_buckets import StepBuckets
+from service.engine.classify.device.exit_savings import ExitSavings
+from service.engine.classify.device.step_buckets import StepBuckets
 
 POLICY = MaxProbPolicy(0.9)
 BUCKETS = StepBuckets(rows=(1, 2, 4, 8), tokens=(16,))

@@ -7,7 +7,7 @@ from typing import get_args
 
 import pytest
 
-from service.engine.group_selection import GROUP_SELECTION_RULES, pick_group
+from service.engine.classify.group_selection import GROUP_SELECTION_RULES, pick_group
 from service.settings import ServerSettings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.engine.step_buckets import StepBuckets, StepShape, parse_buckets
+from service.engine.classify.device.step_buckets import StepBuckets, StepShape, parse_buckets
 
 BUCKETS = StepBuckets(rows=(1, 2, 4, 8), tokens=(16, 32, 64), max_padded_tokens=256)
 

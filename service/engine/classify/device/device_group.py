@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from service.engine.row_table import RowTable
+from service.engine.abandoned_rows import CancellationWatch
+from service.engine.classify.device.row_table import RowTable
 
 
 @dataclass(eq=False)  # a group is itself: never compared by its tensors
@@ -26,7 +27,7 @@ class DeviceGroup:
     hidden: torch.Tensor  # (R, T, H) after `depth` layers
     mask: torch.Tensor  # (R, T) 1 for a token, 0 for padding (placeholder rows: their first token only)
     table: torch.Tensor  # (R, K) float64
-    items: np.ndarray  # (N,) object, by row slot: the WorkItem, None once it left
+    items: np.ndarray  # (N,) object, by row slot: the TokenizedRow, None once it left
     lengths: np.ndarray  # (N,) int64 tokens per slot
     deadlines: np.ndarray  # (N,) float64 time.monotonic() deadlines (inf once the row left)
     live: int  # rows the host has not seen leave
@@ -35,7 +36,7 @@ class DeviceGroup:
     exit_from: int  # the first layer at which some row can leave (before it: nothing to read back)
     last_layer: int  # the deepest layer any row may run
     oldest_at: float
-    cancellations_seen: int
+    watch: CancellationWatch  # when its rows were last searched for cancelled ones
     full_depth: bool = False  # its exits were skipped (`exit_savings.py`): exit statistics learn nothing from it
     shadow_only: bool = False  # every row is a shadow row: it steps only when no other group is waiting
     unread: int = 0  # packets of this group sent and not yet read

@@ -1,12 +1,12 @@
-"""One row travelling through an engine: a tokenized text for the classifier, an image for the captioner. Both
-carry what the admission queue and the ledger need (`QueuedRow`)."""
+"""What every row travelling through an engine carries for the admission queue and the ledger, whatever its task
+(a tokenized text: `classify/tokenized_row.py`; an image: `caption/image_row.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from beem.policies.exit_policies import ExitPolicy
 from service.engine.row_outcome import RowFate, RowOutcome
@@ -40,24 +40,13 @@ class QueuedRow:
         self.cancelled_as, self.cancelled = fate, True
 
 
-@dataclass(eq=False, kw_only=True)
-class WorkItem(QueuedRow):
-    """A tokenized text (or text pair) to classify, with its own exit policy and depth limit."""
-
-    input_ids: list[int]
-    token_type_ids: list[int] | None
-    last_layer: int  # deepest layer this row may run (1-based): the request's max_layers or the model's depth
-    return_exits: bool = False  # list every computed exit in the answer
-    wants_distribution: bool = False  # every label's probability and the raw scores, not only the top label
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.input_ids)
+def object_array(rows: Sequence[QueuedRow]) -> np.ndarray:
+    """(R,) object array of the rows (numpy selects rows of it with a mask in one call)."""
+    array = np.empty(len(rows), dtype=object)
+    array[:] = rows
+    return array
 
 
-@dataclass(eq=False, kw_only=True)
-class CaptionWorkItem(QueuedRow):
-    """A decoded, resized image to caption with its exit policy. An image is one unit of the token budget: its
-    cost does not depend on its file size."""
-
-    image: torch.Tensor  # (3, 224, 224) in [-1, 1]
+def only_shadow_rows(rows: Iterable[QueuedRow | None]) -> bool:
+    """Every row still there is a shadow row: its group steps only when no other group is waiting."""
+    return all(row is None or row.shadow for row in rows)

@@ -1,5 +1,5 @@
-"""The classification engine's GPU path (DESIGN 6, the GPU bullet): the step loop of `inference_engine.py`, with
-its state and decisions kept on the device.
+"""The device layer path (DESIGN 6, the GPU bullet): the classification engine's steps with the rows' state and
+decisions kept on the device.
 
 What differs from the host path:
 - A group is padded to a rows x tokens bucket (`step_buckets.py`) and rows join in groups of one token bucket,
@@ -16,7 +16,7 @@ What differs from the host path:
 The full-depth baseline runs through the same path (its groups are depth-only rows: layer-only steps and one
 read back at the last layer), so a ratio between the two measures early exit, not engineering.
 
-`engine_path` picks it: "auto" uses it on CUDA; the CPU keeps the host path (`inference_engine.py`), whose
+`engine_path` picks it: "auto" uses it on CUDA; the CPU keeps the host path (`host/host_path.py`), whose
 per-step Python is cheaper there than padding to buckets. Tests run this path on the CPU too: same code, eager.
 """
 
@@ -25,23 +25,25 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from beem.policies.array_policies import RowPolicies
 from beem.policies.earliest_exit import earliest_exit_layer
-from service.engine.device_group import DeviceGroup, padded
-from service.engine.device_step import DeviceStep
-from service.engine.exit_savings import ExitSavings
-from service.engine.group_selection import pick_group
-from service.engine.inference_engine import InferenceEngine, object_array
-from service.engine.packet_reader import Packet, PacketReader
-from service.engine.row_outcome import ClassAnswer, ExitTrace, RowFate
-from service.engine.row_table import DROPPED, RowTable
-from service.engine.step_buckets import StepBuckets
-from service.engine.step_graphs import StepGraphs
-from service.engine.work_item import WorkItem
+from service.engine.abandoned_rows import CancellationWatch, abandoned_fate
+from service.engine.classify.device.device_group import DeviceGroup, padded
+from service.engine.classify.device.device_step import DeviceStep
+from service.engine.classify.device.exit_savings import ExitSavings
+from service.engine.classify.device.packet_reader import Packet, PacketReader
+from service.engine.classify.device.row_table import DROPPED, RowTable
+from service.engine.classify.device.step_buckets import StepBuckets
+from service.engine.classify.device.step_graphs import StepGraphs
+from service.engine.classify.group_selection import pick_group
+from service.engine.classify.layer_path import LeftRows, PathSetting
+from service.engine.classify.tokenized_row import TokenizedRow
+from service.engine.queued_row import object_array, only_shadow_rows
 
 COST_REPEATS = 5  # replays timed per bucket shape and kind at warm-up
 
@@ -54,33 +56,39 @@ class DevicePathOptions:
     compile_decisions: bool = True  # CUDA only: fuse the decision's kernels (torch.compile), eager if that fails
 
 
-class DeviceInferenceEngine(InferenceEngine):
-    def __init__(self, *args: Any, options: DevicePathOptions = DevicePathOptions(), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.options = options
-        self.buckets = StepBuckets(options.buckets.rows, options.buckets.tokens,
-                                   min(options.buckets.max_padded_tokens, self.budget.max_tokens))  # fmt: skip
-        self.device_groups: list[DeviceGroup] = []
-        self._device_current: DeviceGroup | None = None
-        self._pending: tuple[DeviceGroup, Packet] | None = None  # the last step's packet, not read yet
-        self.layout: RowTable | None = None
-        self.graphs: StepGraphs | None = None
-        self.reader: PacketReader | None = None
-        self.savings: ExitSavings | None = None
-        self.compile_error: str | None = None  # why decisions stayed eager on CUDA, if they did
-        self._steps_run = {run: self.metrics.device_steps.labels(run) for run in ("graph", "eager")}
+DEFAULT_DEVICE_PATH_OPTIONS = DevicePathOptions()
 
-    # -- loading ----------------------------------------------------------------------------------------------
+
+class DevicePath:
+    name: ClassVar[str] = "device"
+
+    def __init__(self, setting: PathSetting, options: DevicePathOptions = DEFAULT_DEVICE_PATH_OPTIONS) -> None:
+        self.setting = setting
+        self.options = options
+        bundle, device = setting.bundle, setting.device
+        self.bundle = bundle
+        self.device, self.dtype = device, setting.dtype
+        self.buckets = StepBuckets(options.buckets.rows, options.buckets.tokens,
+                                   min(options.buckets.max_padded_tokens, setting.budget.max_tokens))  # fmt: skip
+        num_layers = bundle.num_layers
+        self.layout = RowTable(num_layers, bundle.model.num_labels)
+        self.graphs = StepGraphs(DeviceStep(bundle.model, self.layout), self.buckets, num_layers)
+        self.graphs.step.make_layer_values(num_layers, device)
+        self.reader = PacketReader(device, self.layout.width, max(self.buckets.rows))
+        self.savings = ExitSavings(num_layers)
+        self.groups: list[DeviceGroup] = []
+        self._current: DeviceGroup | None = None  # the group the running step works on
+        self._unread_packet: tuple[DeviceGroup, Packet] | None = None  # the last step's packet, not read yet
+        self.compile_error: str | None = None  # why decisions stayed eager on CUDA, if they did
+        metrics = setting.metrics
+        self._steps_run = {run: metrics.device_steps.labels(run) for run in ("graph", "eager")}
+        self._layer_batch_size = setting.layer_batch_sizes()
+
+    # -- warming up -------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _warm_up(self) -> None:
-        assert self.bundle is not None
-        model, num_layers = self.bundle.model, self.bundle.num_layers
-        self.layout = RowTable(num_layers, model.num_labels)
-        self.graphs = StepGraphs(DeviceStep(model, self.layout), self.buckets, num_layers)
-        self.graphs.step.make_layer_values(num_layers, self.device)
-        self.reader = PacketReader(self.device, self.layout.width, max(self.buckets.rows))
-        self.savings = ExitSavings(num_layers)
+    def warm_up(self) -> None:
+        model = self.bundle.model
         # One eager pass of each kind (lazy initialisation off the first request's clock).
         rows, tokens = self.buckets.rows[0], self.buckets.tokens[0]
         hidden = torch.zeros((rows, tokens, model.backbone.hidden_size), dtype=self.dtype, device=self.device)
@@ -98,7 +106,6 @@ class DeviceInferenceEngine(InferenceEngine):
 
     def _measure_step_costs(self, hidden_size: int) -> dict[tuple[str, int, int], float]:
         """Seconds per replay of layer 1's graphs at every bucket shape (CUDA events)."""
-        assert self.graphs is not None and self.layout is not None
         costs = {}
         for rows, tokens in self.buckets.shapes():
             hidden = torch.zeros((rows, tokens, hidden_size), dtype=self.dtype, device=self.device)
@@ -117,49 +124,50 @@ class DeviceInferenceEngine(InferenceEngine):
         self.graphs.replays = 0
         return costs
 
-    # -- what the step loop asks ------------------------------------------------------------------------------
+    # -- what the engine asks --------------------------------------------------------------------------------
 
     @property
     def inflight_rows(self) -> int:
-        return sum(group.live for group in self.device_groups)
+        return sum(group.live for group in self.groups)
 
     @property
     def inflight_tokens(self) -> int:
-        return sum(group.padded_tokens for group in self.device_groups if group.live)
+        return sum(group.padded_tokens for group in self.groups if group.live)
 
-    def _all_rows(self) -> Sequence[tuple[WorkItem, int]]:
-        return [(item, group.depth) for group in self.device_groups for item in group.items if item is not None]
+    def all_rows(self) -> list[tuple[TokenizedRow, int]]:
+        return [(item, group.depth) for group in self.groups for item in group.items if item is not None]
 
-    def _rows_of_failed_step(self) -> Sequence[tuple[WorkItem, int]]:
-        group, self._device_current = self._device_current, None
+    def rows_of_failed_step(self) -> list[tuple[TokenizedRow, int]]:
+        group, self._current = self._current, None
         if group is None:
             return []
-        if group in self.device_groups:
-            self.device_groups.remove(group)
-        if self._pending is not None and self._pending[0] is group:
-            self._pending = None
+        if group in self.groups:
+            self.groups.remove(group)
+        if self._unread_packet is not None and self._unread_packet[0] is group:
+            self._unread_packet = None
         return [(item, group.depth) for item in group.items if item is not None]
 
     # -- joining ----------------------------------------------------------------------------------------------
 
-    def _join(self, items: list[WorkItem]) -> None:
+    def join(self, items: Sequence[TokenizedRow], policies: Sequence[RowPolicies], cancellations: int) -> None:
         """Rows by length, cut into groups of one token bucket and at most the largest row bucket."""
-        by_length = sorted(items, key=lambda item: item.num_tokens)
+        order = sorted(range(len(items)), key=lambda row: items[row].num_tokens)
+        by_length = [(items[row], policies[row]) for row in order]
         largest_rows = self.buckets.rows[-1]
         start = 0
         while start < len(by_length):
-            bucket = self.buckets.token_bucket(by_length[start].num_tokens)
+            bucket = self.buckets.token_bucket(by_length[start][0].num_tokens)
             end = start + 1
             while end < len(by_length) and end - start < largest_rows:
-                if self.buckets.token_bucket(by_length[end].num_tokens) != bucket:
+                if self.buckets.token_bucket(by_length[end][0].num_tokens) != bucket:
                     break
                 end += 1
-            self._join_group(by_length[start:end])
+            part = by_length[start:end]
+            self._join_group([item for item, _ in part], [rows for _, rows in part], cancellations)
             start = end
 
     @torch.inference_mode()
-    def _join_group(self, items: list[WorkItem]) -> None:
-        assert self.bundle is not None and self.layout is not None and self.savings is not None
+    def _join_group(self, items: list[TokenizedRow], policies: list[RowPolicies], cancellations: int) -> None:
         model, count = self.bundle.model, len(items)
         lengths = np.fromiter((item.num_tokens for item in items), dtype=np.int64, count=count)
         shape = self.buckets.shape(count, int(lengths.max()))
@@ -176,7 +184,7 @@ class DeviceInferenceEngine(InferenceEngine):
         device = self.device
         on_device = None if token_types is None else token_types.to(device, non_blocking=True)
         hidden = model.backbone.embed_hidden(ids.to(device, non_blocking=True), on_device)  # (n, T, H)
-        first, *more = [self._policy_rows(item) for item in items]
+        first, *more = policies
         table = self.layout.new_rows(first.cat(*more), torch.arange(count, device=device))
         table = torch.cat((table, self.layout.placeholders(shape.rows - count, device)))
         exit_layers = [earliest_exit_layer(item.policy, item.last_layer) for item in items]
@@ -187,7 +195,7 @@ class DeviceInferenceEngine(InferenceEngine):
             deadlines=np.fromiter((item.deadline for item in items), dtype=np.float64, count=count),
             live=count, depth=0, head_from=min(heads), exit_from=min(exit_layers),
             last_layer=max(item.last_layer for item in items), oldest_at=time.monotonic(),
-            cancellations_seen=self._cancellations, shadow_only=all(item.shadow for item in items),
+            watch=CancellationWatch(cancellations), shadow_only=only_shadow_rows(items),
         )  # fmt: skip
         if self._exits_would_not_pay(group, items, shape.rows, shape.tokens):
             group.table = self.layout.as_full_depth(group.table)
@@ -198,11 +206,10 @@ class DeviceInferenceEngine(InferenceEngine):
             )
             for item in items:
                 if item.policy.reads_exits:
-                    self.metrics.exit_heads_skipped.labels(item.policy_name).inc()
-        self.device_groups.append(group)
+                    self.setting.metrics.exit_heads_skipped.labels(item.policy_name).inc()
+        self.groups.append(group)
 
-    def _exits_would_not_pay(self, group: DeviceGroup, items: list[WorkItem], rows: int, tokens: int) -> bool:
-        assert self.savings is not None
+    def _exits_would_not_pay(self, group: DeviceGroup, items: list[TokenizedRow], rows: int, tokens: int) -> bool:
         if not self.options.skip_unprofitable_exits or any(item.return_exits for item in items):
             return False
         readers = [item.policy for item in items if item.policy.reads_exits]
@@ -213,27 +220,27 @@ class DeviceInferenceEngine(InferenceEngine):
     # -- one step ---------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _step(self) -> None:
-        assert self.graphs is not None and self.reader is not None
-        if self._pending is not None and self._pending[1].event is not None and self._pending[1].event.query():
+    def step(self, cancellations: int) -> None:
+        unread = self._unread_packet
+        if unread is not None and unread[1].event is not None and unread[1].event.query():
             self._read_pending()  # already here: read it before choosing (no step runs on rows that have left)
-        stepping = [group for group in self.device_groups if group.live]
+        stepping = [group for group in self.groups if group.live]
         if not stepping:
             self._read_pending()
             return
-        group = pick_group(stepping, self.budget.group_selection)
-        self._device_current = group
+        group = pick_group(stepping, self.setting.budget.group_selection)
+        self._current = group
         if group.depth >= group.last_layer:  # every layer has run: only its last packet is left to read
             self._read_pending()
             if group.live:
                 raise RuntimeError(f"{group.live} rows ran every layer without an answer")
-            self._device_current = None
+            self._current = None
             return
-        self._drop_abandoned(group)
+        self._drop_abandoned(group, cancellations)
         if not group.live:  # every row left: nothing more to run (a packet under way still gets read)
             if not group.unread:
-                self.device_groups.remove(group)
-            self._device_current = None
+                self.groups.remove(group)
+            self._current = None
             return
         if group.live != group.fitted_live:
             self._fit(group)
@@ -247,13 +254,13 @@ class DeviceInferenceEngine(InferenceEngine):
         if kind == "with_exit" and layer >= group.exit_from:
             sent = (group, self.reader.send(group.table))
             group.unread += 1
-            self.metrics.step_readbacks.inc()
+            self.setting.metrics.step_readbacks.inc()
         self._read_pending()  # the step before this one: the device runs this one meanwhile
-        self._pending = sent
+        self._unread_packet = sent
         if sent is not None and sent[1].event is None:  # the CPU: the table is already here
             self._read_pending()
         self._merge_groups()
-        self._device_current = None
+        self._current = None
 
     def _fit(self, group: DeviceGroup) -> None:
         """A smaller bucket once enough rows have left. Safe with a step under way: the rows the host has not seen
@@ -264,20 +271,17 @@ class DeviceInferenceEngine(InferenceEngine):
         if shape.rows < group.capacity or shape.tokens < group.width:
             group.cut(min(shape.rows, group.capacity), min(shape.tokens, group.width))
 
-    def _drop_abandoned(self, group: DeviceGroup) -> None:
-        """Rows whose deadline passed or whose client left: answered as such now, marked on the device."""
+    def _drop_abandoned(self, group: DeviceGroup, cancellations: int) -> None:
+        """Rows whose deadline passed or whose client left: they leave now, marked on the device."""
         now = time.monotonic()
-        if group.earliest_deadline > now and group.cancellations_seen == self._cancellations:
+        if not group.watch.may_have_abandoned(group.earliest_deadline, now, cancellations):
             return
-        group.cancellations_seen = self._cancellations
-        slots = [slot for slot, item in enumerate(group.items)
-                 if item is not None and (item.cancelled or group.deadlines[slot] <= now)]  # fmt: skip
+        slots = np.flatnonzero(group.watch.abandoned(group.items, group.deadlines, now, cancellations)).tolist()
         if not slots:
             return
-        assert self.layout is not None
         for slot in slots:
             item = group.items[slot]
-            self._drop([item], item.cancelled_as if item.cancelled else RowFate.TIMEOUT, group.depth)
+            self.setting.exits.abandoned(item, abandoned_fate(item), group.depth)
             group.items[slot] = None
             group.deadlines[slot] = np.inf
         group.live -= len(slots)
@@ -293,17 +297,18 @@ class DeviceInferenceEngine(InferenceEngine):
     # -- reading a packet: the rows that left are answered ---------------------------------------------------
 
     def _read_pending(self) -> None:
-        if self._pending is None:
+        if self._unread_packet is None:
             return
-        (group, packet), self._pending = self._pending, None
+        (group, packet), self._unread_packet = self._unread_packet, None
         table = packet.read()  # (R, K)
         group.unread -= 1
-        self._answer_left(group, table)
-        if not group.live and not group.unread and group in self.device_groups:
-            self.device_groups.remove(group)
+        self._hand_back_left(group, table)
+        if not group.live and not group.unread and group in self.groups:
+            self.groups.remove(group)
 
-    def _answer_left(self, group: DeviceGroup, table: np.ndarray) -> None:
-        assert self.layout is not None and self.savings is not None
+    def _hand_back_left(self, group: DeviceGroup, table: np.ndarray) -> None:
+        """The rows of a read packet (R, K) that left and that the host has not seen leave yet: out of the group,
+        into the exit statistics, and handed back with what their answers need."""
         t = self.layout
         done = table[:, t.DONE]
         left = np.flatnonzero(done > 0)
@@ -311,34 +316,35 @@ class DeviceInferenceEngine(InferenceEngine):
             return
         slots = table[left, t.ROW_ID].astype(np.int64)
         fresh = np.fromiter((group.items[slot] is not None for slot in slots), dtype=bool, count=len(slots))
-        for row, slot in zip(left[fresh].tolist(), slots[fresh].tolist(), strict=True):
-            item: WorkItem = group.items[slot]
-            layer = int(done[row])
-            probabilities = logits = None
-            if item.wants_distribution:
-                raw = torch.from_numpy(table[row, t.logits]).float()  # the exit's float32 logits
-                probabilities, logits = tuple(torch.softmax(raw, dim=-1).tolist()), tuple(raw.tolist())
-            exits: tuple[ExitTrace, ...] = ()
-            if item.return_exits:
-                labels, confidences = table[row, t.trace_labels], table[row, t.trace_confidences]
-                exits = tuple(ExitTrace(i + 1, int(labels[i]), float(confidences[i])) for i in range(layer))
-            answer = ClassAnswer(label=int(table[row, t.LABEL]), score=float(table[row, t.CONFIDENCE]),
-                                 exit_layer=layer, probabilities=probabilities, logits=logits, exits=exits)  # fmt: skip
+        rows, slots = left[fresh], slots[fresh]
+        if not len(rows):
+            return
+        items: list[TokenizedRow] = [group.items[slot] for slot in slots.tolist()]
+        layers = done[rows].astype(np.int64).tolist()
+        for item, slot, layer in zip(items, slots.tolist(), layers, strict=True):
             group.items[slot] = None
             group.deadlines[slot] = np.inf
             group.live -= 1
             if not group.full_depth and item.policy.reads_exits and item.last_layer == self.savings.num_layers:
                 self.savings.record(item.policy, layer)  # the histograms the skip rule reads: uncapped rows only
-            self._answer(item, answer, (layer,))
+        wants_distribution = any(item.wants_distribution for item in items)
+        returns_exits = any(item.return_exits for item in items)
+        self.setting.exits.answered(LeftRows(
+            rows=items, layers=layers, labels=table[rows, t.LABEL].astype(np.int64).tolist(),
+            scores=table[rows, t.CONFIDENCE].tolist(),
+            logits=torch.from_numpy(table[rows][:, t.logits]).float() if wants_distribution else None,  # float32 values
+            trace_labels=table[rows][:, t.trace_labels].astype(np.int64).tolist() if returns_exits else None,
+            trace_confidences=table[rows][:, t.trace_confidences].tolist() if returns_exits else None,
+        ))  # fmt: skip
         if not group.shadow_only:  # requests' rows left early and shadow rows ran on: the group waits for the others
-            group.shadow_only = all(item is None or item.shadow for item in group.items)
+            group.shadow_only = only_shadow_rows(group.items)
 
     # -- merging ----------------------------------------------------------------------------------------------
 
     def _merge_groups(self) -> None:
         """Two groups at one depth, both fully read, become one when the merged shape is a bucket (within the token
         budget, `buckets.max_padded_tokens`)."""
-        ready = [group for group in self.device_groups if group.live and not group.unread]
+        ready = [group for group in self.groups if group.live and not group.unread]
         for index, first in enumerate(ready):
             for second in ready[index + 1 :]:
                 if first.depth != second.depth or first.full_depth != second.full_depth:
@@ -351,7 +357,6 @@ class DeviceInferenceEngine(InferenceEngine):
                 return  # one merge per step: the list changed
 
     def _merge(self, first: DeviceGroup, second: DeviceGroup, rows: int, tokens: int) -> None:
-        assert self.layout is not None
         parts = []
         offset = len(first.items)
         for group, shift in ((first, 0), (second, offset)):
@@ -371,7 +376,7 @@ class DeviceInferenceEngine(InferenceEngine):
             deadlines=np.concatenate((first.deadlines, second.deadlines)), live=live, depth=first.depth,
             head_from=min(first.head_from, second.head_from), exit_from=min(first.exit_from, second.exit_from),
             last_layer=max(first.last_layer, second.last_layer), oldest_at=min(first.oldest_at, second.oldest_at),
-            cancellations_seen=min(first.cancellations_seen, second.cancellations_seen), full_depth=first.full_depth,
+            watch=CancellationWatch(min(first.watch.seen, second.watch.seen)), full_depth=first.full_depth,
             shadow_only=first.shadow_only and second.shadow_only,
         )  # fmt: skip
-        self.device_groups = [g for g in self.device_groups if g is not first and g is not second] + [merged]
+        self.groups = [g for g in self.groups if g is not first and g is not second] + [merged]

@@ -22,9 +22,10 @@ from beem.captioning.caption_bundle import LoadedCaptionBundle, load_caption_bun
 from beem.captioning.caption_rows import CaptionRows
 from beem.captioning.captioner import IMAGE_SIZE
 from beem.policies.array_policies import RowPolicies
-from service.engine.row_outcome import CaptionAnswer, RowFate
+from service.engine.abandoned_rows import CancellationWatch, abandoned_fate
+from service.engine.caption.image_row import ImageRow
+from service.engine.row_outcome import CaptionAnswer
 from service.engine.step_engine import StepEngine
-from service.engine.work_item import CaptionWorkItem
 
 TASK = "caption"
 # Images encoded together on CPU. EfficientNet-Lite0's activations for more images than this outgrow the caches:
@@ -33,17 +34,18 @@ TASK = "caption"
 CPU_ENCODER_BATCH = 4
 
 
-class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
+class CaptionEngine(StepEngine[LoadedCaptionBundle, ImageRow]):
     task = TASK
+    _watch: CancellationWatch  # set at load: when its rows were last searched for cancelled ones
     _rows: CaptionRows | None = None
     _items: np.ndarray = np.empty(0, dtype=object)  # (R,) the CaptionWorkItems, aligned with the rows
     _deadlines: np.ndarray = np.empty(0, dtype=np.float64)  # (R,)
-    _cancellations_seen = 0
 
     def _load_bundle(self, bundle_path: Path, manifest: Manifest | None) -> LoadedCaptionBundle:
         bundle = load_caption_bundle(bundle_path, device=str(self.device), dtype=self.dtype, manifest=manifest)
         vocabulary = bundle.vocabulary
         self._rows = CaptionRows(bundle.captioner.decoder, vocabulary.start_id, vocabulary.end_id, bundle.max_length)
+        self._watch = CancellationWatch(self._cancellations)
         return bundle
 
     @torch.inference_mode()
@@ -71,11 +73,11 @@ class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
         assert self._rows is not None
         return [sum(caption.exit_layers) for caption in self._rows.captions(rows)]
 
-    def _all_rows(self) -> Sequence[tuple[CaptionWorkItem, int]]:
+    def _all_rows(self) -> Sequence[tuple[ImageRow, int]]:
         rows = np.arange(self.inflight_rows)
         return list(zip(self._items[rows], self._layers_run(rows), strict=True))
 
-    def _rows_of_failed_step(self) -> Sequence[tuple[CaptionWorkItem, int]]:
+    def _rows_of_failed_step(self) -> Sequence[tuple[ImageRow, int]]:
         """A token step runs every caption: a failure takes them all (the cache may be half written; the tokens and
         exit layers so far are whole, so each is counted with the decoder layers it ran)."""
         assert self.bundle is not None
@@ -87,7 +89,7 @@ class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
         return failed
 
     @torch.inference_mode()
-    def _join(self, items: list[CaptionWorkItem]) -> None:
+    def _join(self, items: list[ImageRow]) -> None:
         assert self.bundle is not None and self._rows is not None
         images = torch.stack([item.image for item in items]).to(self.device, self.dtype)  # (k, 3, 224, 224)
         chunk = CPU_ENCODER_BATCH if self.device.type == "cpu" else len(items)
@@ -110,11 +112,7 @@ class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
 
     def _abandoned(self) -> np.ndarray:
         """(R,) rows whose deadline passed or whose client left: they leave before the next token."""
-        gone = self._deadlines <= time.monotonic()
-        if self._cancellations_seen != self._cancellations:
-            self._cancellations_seen = self._cancellations
-            gone |= np.fromiter((item.cancelled for item in self._items), dtype=bool, count=len(self._items))
-        return gone
+        return self._watch.abandoned(self._items, self._deadlines, time.monotonic(), self._cancellations)
 
     def _leave(self, leaving: np.ndarray, finished: np.ndarray | None) -> None:
         """Answer the finished captions, drop the abandoned ones (with the decoder layers they ran)."""
@@ -128,8 +126,7 @@ class CaptionEngine(StepEngine[LoadedCaptionBundle, CaptionWorkItem]):
                 self._answer(item, CaptionAnswer(tuple(caption.tokens), tuple(caption.exit_layers)),
                              caption.exit_layers)  # fmt: skip
             else:
-                fate = item.cancelled_as if item.cancelled else RowFate.TIMEOUT
-                self._drop([item], fate, sum(caption.exit_layers))
+                self._drop([item], abandoned_fate(item), sum(caption.exit_layers))
         keep = ~leaving
         self._rows.take(keep)
         self._items, self._deadlines = self._items[keep], self._deadlines[keep]

@@ -21,7 +21,7 @@ import torch
 from beem.model.layerwise_backbone import mean_pool_weights
 from beem.model.multi_exit_model import MultiExitModel
 from beem.policies.array_policies import ExitObservations, decide
-from service.engine.row_table import IN_FLIGHT, RowTable
+from service.engine.classify.device.row_table import IN_FLIGHT, RowTable
 
 log = logging.getLogger(__name__)
 

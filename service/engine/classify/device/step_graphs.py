@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from service.engine.device_step import DeviceStep
-from service.engine.step_buckets import StepBuckets
+from service.engine.classify.device.device_step import DeviceStep
+from service.engine.classify.device.step_buckets import StepBuckets
 
 log = logging.getLogger(__name__)
 KINDS = ("layer_only", "with_exit")

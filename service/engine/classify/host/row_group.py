@@ -22,6 +22,8 @@ from torch.nn import functional
 from beem.model.layerwise_backbone import EncoderState, LayerwiseBackbone
 from beem.policies.array_policies import RowPolicies, RowStates
 from beem.policies.policy_table import ArrayRule
+from service.engine.abandoned_rows import CancellationWatch
+from service.engine.queued_row import only_shadow_rows
 
 
 @dataclass(eq=False)  # a group is itself: never compared by its tensors
@@ -37,7 +39,7 @@ class RowGroup:
     head_from: np.ndarray  # (R,) int64: the first layer whose exit head this row needs (1: every layer)
     rule_codes: np.ndarray  # (R,) int64: each row's ArrayRule
     oldest_at: float  # when its oldest row joined the engine
-    cancellations_seen: int  # the engine's cancellation count when this group was last searched for them
+    watch: CancellationWatch  # when its rows were last searched for cancelled ones
     states_layers: int = 0  # the exits `states` has folded in (< depth after skipped heads)
     next_head_layer: int = 0  # min(head_from): no exit head is needed before this layer
     earliest_deadline: float = 0.0  # min(deadlines)
@@ -94,10 +96,10 @@ class RowGroup:
             head_from=self.head_from[keep],
             rule_codes=self.rule_codes[keep],
             oldest_at=self.oldest_at,
-            cancellations_seen=self.cancellations_seen,
+            watch=CancellationWatch(self.watch.seen),
             states_layers=self.depth,
             # Requests' rows left early and shadow rows ran on: from here the group waits for the others.
-            shadow_only=self.shadow_only or all(item.shadow for item in items),
+            shadow_only=self.shadow_only or only_shadow_rows(items),
         )
 
     def merged(self, other: RowGroup, backbone: LayerwiseBackbone, num_layers: int) -> RowGroup:
@@ -121,7 +123,7 @@ class RowGroup:
             head_from=np.concatenate((self.head_from, other.head_from)),
             rule_codes=np.concatenate((self.rule_codes, other.rule_codes)),
             oldest_at=min(self.oldest_at, other.oldest_at),
-            cancellations_seen=min(self.cancellations_seen, other.cancellations_seen),
+            watch=CancellationWatch(min(self.watch.seen, other.watch.seen)),
             states_layers=self.depth,
             shadow_only=self.shadow_only and other.shadow_only,
         )
