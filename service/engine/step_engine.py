@@ -259,6 +259,15 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
             self._stop_now = True
             self._thread.join(10.0)
 
+    def release(self) -> None:
+        """Let the weights go, after `close` (the engine holds the last references: freed by reference counting)."""
+        self.bundle = None
+        self._release_loaded()
+
+    @abstractmethod
+    def _release_loaded(self) -> None:
+        """Drop everything made from the bundle at load (it references the weights)."""
+
     # -- the loop ---------------------------------------------------------------------------------------------
 
     def _run(

@@ -115,7 +115,7 @@ class ServedVersion:
         """Close the engine (it finishes what was admitted) and let the weights go (blocking)."""
         self.engine.close()
         self.status = VersionStatus.UNLOADED
-        self.engine.bundle = None  # the last references to the weights: freed here, by reference counting
+        self.engine.release()  # the last references to the weights: freed here, by reference counting
         self.monitor = self.service.monitor = None
 
 

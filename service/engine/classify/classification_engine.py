@@ -68,6 +68,10 @@ class ClassificationEngine(StepEngine[LoadedBundle, TokenizedRow]):
         self._num_layers = bundle.num_layers
         return bundle
 
+    def _release_loaded(self) -> None:
+        self.path = None
+        self._policy_row_cache.clear()
+
     def _warm_up(self) -> None:
         self._loaded_path().warm_up()
 
