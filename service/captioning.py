@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -34,7 +35,8 @@ class CaptionService:
     def __init__(self, engine: CaptionEngine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings
-        self.live_policies: dict[str, ExitPolicy] = {}  # what requests are served with (online control moves them)
+        self.live_policies: Mapping[str, ExitPolicy] = {}  # what requests are served with (a read-only view:
+        # online control moves them)
         self.monitor: ShadowMonitor | None = None  # set once the bundle is loaded
 
     def ready(self) -> ReadyCaptioner:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -76,7 +76,8 @@ class ClassificationService:
         self.engine = engine
         self.settings = settings
         self._text_encoder: TextEncoder | None = None  # made once the bundle is loaded
-        self.live_policies: dict[str, ExitPolicy] = {}  # what requests are served with (online control moves them)
+        self.live_policies: Mapping[str, ExitPolicy] = {}  # what requests are served with (a read-only view:
+        # online control moves them)
         self.monitor: ShadowMonitor | None = None  # set once the bundle is loaded
 
     def ready(self) -> ReadyClassifier:

@@ -1,5 +1,8 @@
 """The one owner of the queue (DESIGN 5.7): admits rows by a row bound and an expected-wait bound, hands them to
-the engine between steps within its budgets, and drops queued rows nobody waits for.
+the engine between steps within its budgets, and drops queued rows nobody waits for. It keeps every count
+admission reads: the rows waiting, the requests' rows in flight (from the load the engine reports after every step
+that changed it, `report_load`) and the shadow rows in flight (those it handed out, less those the ledger saw
+leave).
 
 Thread-safe: the event loop calls `submit` (never blocks), the engine thread calls `take` between steps and
 `wait_for_work` when it has nothing in flight.
@@ -73,29 +76,45 @@ class AdmissionQueue(Generic[ItemT]):
         self.drain = drain
         self.metrics = metrics
         self.clock = clock
-        self._pending: deque[ItemT] = deque()
-        self._shadow: deque[ItemT] = deque()  # shadow rows, oldest first
+        self._waiting: deque[ItemT] = deque()
+        self._shadow_waiting: deque[ItemT] = deque()  # shadow rows, oldest first
         self._condition = threading.Condition()
         self._closed = False
         self._closed_because = "the server is shutting down"
         self._last_scan = 0.0
-        self.engine_rows = 0  # requests' rows in flight in the engine; it updates this whenever rows come or go
+        self._engine_rows = 0  # requests' rows in flight in the engine, as of its last load report
+        self._shadow_rows_handed_out = 0  # shadow rows `take` gave the engine, ever
 
     @property
     def depth(self) -> int:
         """Request rows waiting (shadow rows are not counted)."""
-        return len(self._pending)
+        return len(self._waiting)
 
     @property
     def shadow_depth(self) -> int:
-        return len(self._shadow)
+        return len(self._shadow_waiting)
 
     def expected_wait_s(self, rows_waiting: int | None = None) -> float:
         """Seconds until the work ahead of a new request, `rows_waiting` (default: all queued rows) plus the rows
         in flight, has drained at the measured rate; 0 before the rate has been measured."""
-        rows = (len(self._pending) if rows_waiting is None else rows_waiting) + self.engine_rows
+        rows = (len(self._waiting) if rows_waiting is None else rows_waiting) + self.engine_rows
         rate = self.drain.rows_per_s
         return rows / rate if rows > 0 and rate else 0.0
+
+    @property
+    def engine_rows(self) -> int:
+        """Requests' rows in flight in the engine, as of its last `report_load`."""
+        return self._engine_rows
+
+    @property
+    def shadow_rows_in_engine(self) -> int:
+        """Shadow rows handed to the engine that have not left it (the ledger counts those that left)."""
+        return self._shadow_rows_handed_out - self.ledger.shadow_rows_left_engine
+
+    def report_load(self, rows_in_flight: int) -> None:
+        """The engine's rows in flight, reported whenever rows came or went (engine thread). Shadow rows are not work
+        ahead of a request: its rows step first, and shadow rows are shed for it."""
+        self._engine_rows = max(rows_in_flight - self.shadow_rows_in_engine, 0)
 
     def check(self, num_rows: int) -> None:
         """Refuse a request of `num_rows` rows now if `submit` would: the route calls this before tokenizing, so
@@ -110,7 +129,7 @@ class AdmissionQueue(Generic[ItemT]):
     def _refusal(self, num_rows: int) -> QueueFullError | EngineClosedError | None:
         if self._closed:
             return EngineClosedError(self._closed_because)
-        waiting = len(self._pending)
+        waiting = len(self._waiting)
         expected = self.expected_wait_s(waiting)
         retry_after = max(1.0, math.ceil(expected))
         if waiting + num_rows > self.limits.max_queue_rows:
@@ -136,7 +155,7 @@ class AdmissionQueue(Generic[ItemT]):
                 raise refusal
             for item in items:
                 item.enqueued_at = now
-            self._pending.extend(items)
+            self._waiting.extend(items)
             self.ledger.admitted(len(items))
             self._publish()
             self._condition.notify()
@@ -144,13 +163,13 @@ class AdmissionQueue(Generic[ItemT]):
     def submit_shadow(self, item: ItemT) -> None:
         """Queue a shadow row (never refused: when it cannot wait, it or an older one is shed and counted)."""
         with self._condition:
-            if self._closed or self._pending:  # shutting down, or requests are waiting for room: shed at once
+            if self._closed or self._waiting:  # shutting down, or requests are waiting for room: shed at once
                 self.ledger.drop([item], RowFate.SHED)
                 return
-            if len(self._shadow) >= self.limits.max_shadow_queue_rows:
-                self.ledger.drop([self._shadow.popleft()], RowFate.SHED)
+            if len(self._shadow_waiting) >= self.limits.max_shadow_queue_rows:
+                self.ledger.drop([self._shadow_waiting.popleft()], RowFate.SHED)
             item.enqueued_at = self.clock()
-            self._shadow.append(item)
+            self._shadow_waiting.append(item)
             self._condition.notify()
 
     def close(self, because: str = "the server is shutting down") -> None:
@@ -164,21 +183,21 @@ class AdmissionQueue(Generic[ItemT]):
 
     def _shed_shadow_rows(self) -> None:
         """Drop every queued shadow row (lock held): requests need the room."""
-        if self._shadow:
-            self.ledger.drop(self._shadow, RowFate.SHED)
-            self._shadow.clear()
+        if self._shadow_waiting:
+            self.ledger.drop(self._shadow_waiting, RowFate.SHED)
+            self._shadow_waiting.clear()
 
     def wait_for_work(self) -> bool:
         """Block an idle engine until rows are queued (then up to `idle_join_wait_s` for others to join the first)
         or the queue is closed and empty: False then, the engine may stop."""
         with self._condition:
-            while not self._pending:
-                if self._shadow:
+            while not self._waiting:
+                if self._shadow_waiting:
                     return True  # shadow rows start at once: there is nobody to wait with
                 if self._closed:
                     return False
                 self._condition.wait()
-            start_by = self._pending[0].enqueued_at + self.limits.idle_join_wait_s
+            start_by = self._waiting[0].enqueued_at + self.limits.idle_join_wait_s
             while not self._closed and (remaining := start_by - self.clock()) > 0:
                 self._condition.wait(remaining)
             return True
@@ -187,7 +206,7 @@ class AdmissionQueue(Generic[ItemT]):
         """Queued rows for the engine, oldest first, as many as fit: at most `room_rows`, and as one new group of
         (rows x longest row) padded tokens within `room_tokens`. An empty engine always gets at least one row.
         Rows whose client left or whose deadline passed are dropped on the way."""
-        if not self._pending and not self._shadow:
+        if not self._waiting and not self._shadow_waiting:
             return []
         now = self.clock()
         taken: list[ItemT] = []
@@ -195,17 +214,17 @@ class AdmissionQueue(Generic[ItemT]):
         with self._condition:
             if now - self._last_scan >= ABANDONED_SCAN_INTERVAL_S:
                 self._drop_abandoned(now)
-            while self._pending and len(taken) < room_rows:
-                candidate = self._pending[0]
+            while self._waiting and len(taken) < room_rows:
+                candidate = self._waiting[0]
                 if is_abandoned(candidate, now):
                     self._drop_abandoned(now)
                     continue
                 wider = max(longest, candidate.num_tokens)
                 if (len(taken) + 1) * wider > room_tokens and (taken or not engine_empty):
                     break
-                taken.append(self._pending.popleft())
+                taken.append(self._waiting.popleft())
                 longest = wider
-            if self._pending:  # requests wait for room: shadow rows give way
+            if self._waiting:  # requests wait for room: shadow rows give way
                 self._shed_shadow_rows()
             else:
                 self._take_shadow_rows(taken, room_rows, room_tokens, longest, now, engine_empty)
@@ -221,18 +240,18 @@ class AdmissionQueue(Generic[ItemT]):
     ) -> None:
         """Shadow rows into the room the requests' rows left, within the shadow cap (lock held); an empty engine
         takes at least one, as for requests' rows."""
-        room_shadow = self.limits.max_shadow_rows_in_engine - self.ledger.shadow_rows_in_engine
-        while self._shadow and room_shadow > 0 and len(taken) < room_rows:
-            candidate = self._shadow[0]
+        room_shadow = self.limits.max_shadow_rows_in_engine - self.shadow_rows_in_engine
+        while self._shadow_waiting and room_shadow > 0 and len(taken) < room_rows:
+            candidate = self._shadow_waiting[0]
             if candidate.deadline <= now:
-                self.ledger.drop([self._shadow.popleft()], RowFate.TIMEOUT)
+                self.ledger.drop([self._shadow_waiting.popleft()], RowFate.TIMEOUT)
                 continue
             wider = max(longest, candidate.num_tokens)
             if (len(taken) + 1) * wider > room_tokens and (taken or not engine_empty):
                 break
-            taken.append(self._shadow.popleft())
+            taken.append(self._shadow_waiting.popleft())
             candidate.joined_at = now
-            self.ledger.shadow_rows_in_engine += 1
+            self._shadow_rows_handed_out += 1
             room_shadow -= 1
             longest = wider
 
@@ -240,13 +259,13 @@ class AdmissionQueue(Generic[ItemT]):
         """Drop queued rows whose client left or whose deadline passed, before any compute is spent on them."""
         self._last_scan = now
         kept: deque[ItemT] = deque()
-        for item in self._pending:
+        for item in self._waiting:
             if is_abandoned(item, now):
                 self.ledger.drop([item], abandoned_fate(item))
             else:
                 kept.append(item)
-        self._pending = kept
+        self._waiting = kept
 
     def _publish(self) -> None:
-        self.metrics.queue_depth.set(len(self._pending))
+        self.metrics.queue_depth.set(len(self._waiting))
         self.metrics.expected_queue_wait.set(self.expected_wait_s())

@@ -33,7 +33,8 @@ class RowLedger:
         self._computed = metrics.layers_computed.labels(task)
         self._possible = metrics.layers_possible.labels(task)
         self._shadow_left = {fate: metrics.shadow_rows.labels(SHADOW_OUTCOME.get(fate, fate.value)) for fate in RowFate}
-        self.shadow_rows_in_engine = 0  # shadow rows that joined the engine and have not left (admission caps it)
+        self.shadow_rows_left_engine = 0  # shadow rows that joined the engine and have left it since (the queue
+        # counts those it handed out: the difference is what its cap counts)
 
     def admitted(self, count: int) -> None:
         self._admitted.inc(count)
@@ -82,4 +83,4 @@ class RowLedger:
     def _shadow_settled(self, item: QueuedRow, fate: RowFate) -> None:
         self._shadow_left[fate].inc()
         if item.joined_at:
-            self.shadow_rows_in_engine -= 1
+            self.shadow_rows_left_engine += 1

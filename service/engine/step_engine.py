@@ -335,8 +335,7 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
     def _publish(self, inflight: int) -> None:
         """The room admission may count on, and the in-flight gauge (only when rows came or went: a step's Python
         runs with cold caches, so the loop does no bookkeeping it does not need)."""
-        # Shadow rows are not work ahead of a request (its rows step first, and shadow rows are shed for it).
-        self.queue.engine_rows = max(inflight - self.ledger.shadow_rows_in_engine, 0)
+        self.queue.report_load(inflight)
         self.metrics.inflight_rows.set(inflight)
 
     def _admit(self) -> None:

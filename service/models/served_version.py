@@ -20,7 +20,7 @@ from beem.calibration.agreement_levels import AgreementLevels, agreement_levels
 from beem.calibration.exit_cache import ExitCache
 from beem.calibration.threshold_search import DEFAULT_ACCURACY_BUDGET
 from beem.captioning.caption_bundle import LoadedCaptionBundle
-from beem.policies.exit_policies import BeemPolicy, ExitPolicy, MaxProbPolicy
+from beem.policies.exit_policies import BeemPolicy, MaxProbPolicy
 from service.captioning import CaptionService, ReadyCaptioner
 from service.classification import ClassificationService, ReadyClassifier
 from service.engine.admission_queue import AdmissionLimits, AdmissionQueue
@@ -33,6 +33,7 @@ from service.engine.row_outcome import CaptionAnswer, ClassAnswer
 from service.engine.step_engine import EngineBudget, resolve_device
 from service.metrics import ServiceMetrics
 from service.monitoring.alpha_controller import ControlSettings
+from service.monitoring.live_policies import LivePolicies
 from service.monitoring.shadow_monitor import ControlledPolicy, ShadowMonitor
 from service.settings import ServerSettings
 
@@ -59,7 +60,7 @@ class ServedVersion:
     error: str | None = None
     leases: int = 0  # requests holding this version (event loop only)
     monitor: ShadowMonitor | None = None
-    live_policies: dict[str, ExitPolicy] = field(default_factory=dict)
+    live_policies: LivePolicies = field(default_factory=LivePolicies)
 
     @property
     def version(self) -> str:
@@ -99,8 +100,8 @@ class ServedVersion:
             # In the engine thread: the monitor's calibration levels run the policies' torch array form, and a
             # parallel torch op in any other thread gives it an OpenMP pool of its own, which slowed every served
             # caption 3x on 2 cores (issue 21; StepEngine.load says why).
-            self.live_policies.update(bundle.policies)
-            self.service.live_policies = self.live_policies
+            self.live_policies = LivePolicies(bundle.policies)
+            self.service.live_policies = self.live_policies.view
             self.monitor = self.service.monitor = build_monitor(self, settings)
 
         try:
@@ -170,7 +171,7 @@ def build_monitor(version: ServedVersion, settings: ServerSettings) -> ShadowMon
         return None
     cache = ExitCache.load(cache_file)
     live = version.live_policies
-    levels = {name: agreement_levels(cache, policy) for name, policy in live.items() if name != "full"}
+    levels = {name: agreement_levels(cache, policy) for name, policy in live.view.items() if name != "full"}
     budget = float(version.manifest.calibration.get("accuracy_budget", DEFAULT_ACCURACY_BUDGET))
     control = None
     if version.name in settings.alpha_control or "all" in settings.alpha_control:
@@ -188,7 +189,7 @@ def controlled_policy(
     which nothing leaves early]. Only BEEM's alpha and max-prob's threshold are controlled: their thresholds are
     positive scores, so shares of them mean something."""
     name = version.manifest.default_policy
-    policy = version.live_policies[name]
+    policy = version.live_policies.view[name]
     if isinstance(policy, BeemPolicy):
         ceiling = sum(policy.weights)  # S never passes the sum of the weights
     elif isinstance(policy, MaxProbPolicy):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from beem.calibration.agreement_levels import AgreementLevels
@@ -40,6 +40,7 @@ from service.monitoring.alpha_controller import (
     ThresholdController,
     estimated_accuracy_loss,
 )
+from service.monitoring.live_policies import LivePolicies
 
 log = logging.getLogger(__name__)
 NOISE_Z = 2.0  # the alert margin: agreement this many standard errors under the calibrated level is not chance
@@ -61,7 +62,7 @@ class ShadowMonitor:
         metrics: ServiceMetrics,
         levels: Mapping[str, AgreementLevels],
         accuracy_budget: float,
-        live_policies: MutableMapping[str, ExitPolicy],
+        live_policies: LivePolicies,
         fraction: float,
         window: int,
         answer_key: AnswerKey,
@@ -70,7 +71,7 @@ class ShadowMonitor:
     ) -> None:
         self.metrics = metrics
         self.levels = dict(levels)  # by policy name: what the calibration split says
-        self.live_policies = live_policies  # shared with the service: what new requests are served with
+        self.live_policies = live_policies  # its writer: online control moves a threshold through it
         self.fraction = fraction
         self.answer_key = answer_key
         self.model = model
@@ -83,15 +84,15 @@ class ShadowMonitor:
         for name, level in self.levels.items():
             metrics.shadow_agreement_calibrated.labels(name).set(level.agreement)
             metrics.shadow_agreement.labels(name).set(level.agreement)  # until traffic says otherwise
-            metrics.policy_threshold.labels(name).set(live_policies[name].threshold)
+            metrics.policy_threshold.labels(name).set(live_policies.view[name].threshold)
         if control is not None and control.name in self.levels:
             self.controlled = control.name
-            self.controller = ThresholdController(live_policies[control.name].threshold, control.settings)
+            self.controller = ThresholdController(live_policies.view[control.name].threshold, control.settings)
             self._serve_threshold(control.name, self.controller.threshold)
 
     def monitors(self, policy_name: str, policy: ExitPolicy) -> bool:
         """Rows of this policy are counted: it is a monitored name served with its live parameters."""
-        return policy_name in self.windows and self.live_policies.get(policy_name) is policy
+        return policy_name in self.windows and self.live_policies.view.get(policy_name) is policy
 
     def observe_rows(self, policy_name: str, early: Sequence[bool], latency_s: float) -> list[int]:
         """Count a request's answered rows (`early[i]`: row i left before the last layer); returns the rows to
@@ -128,7 +129,7 @@ class ShadowMonitor:
         """One shadow comparison (event loop). Comparisons made at a threshold no longer served count in the
         totals but not in the window, which holds the served threshold's only."""
         self.metrics.shadow_samples.labels(policy_name, "agree" if agreed else "disagree").inc()
-        if self.live_policies.get(policy_name) is not policy:
+        if self.live_policies.view.get(policy_name) is not policy:
             return
         self.windows[policy_name].record_comparison(agreed)
         self._update(policy_name)
@@ -188,7 +189,5 @@ class ShadowMonitor:
         self.windows[policy_name].reset()
 
     def _serve_threshold(self, policy_name: str, threshold: float) -> None:
-        policy = self.live_policies[policy_name]
-        if policy.threshold != threshold:
-            self.live_policies[policy_name] = policy.with_threshold(threshold)
+        self.live_policies.serve_threshold(policy_name, threshold)
         self.metrics.policy_threshold.labels(policy_name).set(threshold)

@@ -88,7 +88,7 @@ def _model_entry(model: ServedModel, models: ModelRegistry) -> dict[str, Any]:
 
 
 def _live_threshold(served: ServedVersion, name: str) -> float | str | None:
-    policy = served.live_policies.get(name)
+    policy = served.live_policies.view.get(name)
     if policy is None:
         return None
     return policy.threshold if math.isfinite(policy.threshold) else str(policy.threshold)

@@ -16,13 +16,13 @@ def test_expected_wait_past_the_bound_sheds_with_retry_after(tiny_bundle_dir: Pa
     for client in ready_client(ServerSettings(bundle=tiny_bundle_dir, max_queue_wait_ms=500)):
         engine = client.app.state.models.default_for("classification").active.engine  # type: ignore[attr-defined]
         engine.drain.record(10, 1.0)  # the engine has measured 10 rows per busy second
-        engine.queue.engine_rows = 30  # and holds 30 rows: a new request would wait 3 s
+        engine.queue.report_load(30)  # and holds 30 rows: a new request would wait 3 s
         response = client.post("/v1/classify", json={"inputs": ["one", "two"]})
         assert response.status_code == 429
         assert response.headers["retry-after"] == "3"
         assert response.json()["error_type"] == "overloaded"
         assert "expected queue wait 3000 ms" in response.json()["error"]
-        engine.queue.engine_rows = 0  # drained
+        engine.queue.report_load(0)  # drained
         assert client.post("/v1/classify", json={"inputs": "one"}).status_code == 200
         metrics = client.get("/metrics").text
         assert 'status="429"' in metrics

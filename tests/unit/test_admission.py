@@ -74,7 +74,7 @@ def test_admission_by_expected_wait(
 ) -> None:
     queue, metrics, _ = make_queue(rate)
     queue.submit([Row() for _ in range(waiting)])
-    queue.engine_rows = inflight
+    queue.report_load(inflight)
     request = [Row() for _ in range(new_rows)]
     if admitted:
         queue.submit(request)

@@ -48,7 +48,7 @@ def shadow_count(metrics: ServiceMetrics, outcome: str) -> float:
 def test_shadow_rows_take_only_what_requests_leave(
     requests: int, shadows: int, room_rows: int, cap: int, taken_requests: int, taken_shadows: int, shed: int
 ) -> None:
-    queue, ledger, metrics, _ = make_queue(shadow_in_engine=cap)
+    queue, _, metrics, _ = make_queue(shadow_in_engine=cap)
     lane = [shadow_row() for _ in range(shadows)]
     for row in lane:  # queued while no request waits
         queue.submit_shadow(row)
@@ -58,7 +58,7 @@ def test_shadow_rows_take_only_what_requests_leave(
     assert sum(not row.shadow for row in taken) == taken_requests
     assert sum(row.shadow for row in taken) == taken_shadows
     assert [row.shadow for row in taken] == sorted(row.shadow for row in taken)  # requests' rows come first
-    assert shadow_count(metrics, "shed") == shed and ledger.shadow_rows_in_engine == taken_shadows
+    assert shadow_count(metrics, "shed") == shed and queue.shadow_rows_in_engine == taken_shadows
     assert counted(metrics, "shed") == 0 and metrics.admitted_rows.labels("classification")._value.get() == requests
 
 
@@ -92,9 +92,9 @@ def test_shadow_rows_leave_through_the_ledger_counted_apart() -> None:
     answered, late = shadow_row(), shadow_row(deadline=clock.now + 1)
     queue.submit_shadow(answered)
     (taken,) = queue.take(1, 100, engine_empty=True)
-    assert taken is answered and ledger.shadow_rows_in_engine == 1
+    assert taken is answered and queue.shadow_rows_in_engine == 1
     ledger.answer(taken, ClassAnswer(label=1, score=0.9, exit_layer=3), (3,))
-    assert ledger.shadow_rows_in_engine == 0 and shadow_count(metrics, "compared") == 1
+    assert queue.shadow_rows_in_engine == 0 and shadow_count(metrics, "compared") == 1
     assert answered.outcomes == [ClassAnswer(label=1, score=0.9, exit_layer=3)]
     # Shadow rows are not requests' rows: no answered row, exit layer or computed layer is counted for them.
     assert counted(metrics, "answered") == 0

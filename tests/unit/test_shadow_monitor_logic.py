@@ -4,12 +4,15 @@ live policy that new requests get."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from beem.calibration.agreement_levels import AgreementLevels
 from beem.policies.exit_policies import BeemPolicy, ExitPolicy, FullDepthPolicy
 from service.metrics import ServiceMetrics
 from service.monitoring.alpha_controller import ControlSettings
+from service.monitoring.live_policies import LivePolicies
 from service.monitoring.shadow_monitor import ControlledPolicy, ShadowMonitor
 
 WEIGHTS = (0.5, 0.75, 1.0)
@@ -17,10 +20,12 @@ LEVELS = AgreementLevels(agreement=0.98, exited_agreement=0.975, early_fraction=
                          num_samples=1000)  # fmt: skip
 
 
-def monitor(fraction: float = 1.0, control: ControlSettings | None = None) -> tuple[ShadowMonitor, ServiceMetrics,
-                                                                                   dict[str, ExitPolicy]]:  # fmt: skip
+def monitor(
+    fraction: float = 1.0, control: ControlSettings | None = None
+) -> tuple[ShadowMonitor, ServiceMetrics, Mapping[str, ExitPolicy]]:
+    """The monitor, its metrics, and the read-only view of the live policies it writes."""
     metrics = ServiceMetrics(3)
-    live: dict[str, ExitPolicy] = {"beem-a": BeemPolicy("beem-a", WEIGHTS, alpha=1.0), "full": FullDepthPolicy()}
+    live = LivePolicies({"beem-a": BeemPolicy("beem-a", WEIGHTS, alpha=1.0), "full": FullDepthPolicy()})
     controlled = None if control is None else ControlledPolicy("beem-a", control)
     shadow = ShadowMonitor(
         metrics,
@@ -33,7 +38,7 @@ def monitor(fraction: float = 1.0, control: ControlSettings | None = None) -> tu
         control=controlled,
         model="m",
     )  # type: ignore[arg-type]
-    return shadow, metrics, live
+    return shadow, metrics, live.view
 
 
 def gauge(metrics: ServiceMetrics, name: str) -> float:
