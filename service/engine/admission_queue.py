@@ -7,15 +7,15 @@ leave).
 Thread-safe: the event loop calls `submit` (never blocks), the engine thread calls `take` between steps and
 `wait_for_work` when it has nothing in flight.
 
-Admission (DESIGN 6): a request is shed with 429 when the rows already waiting would pass `max_queue_rows`, or when
-the expected wait would pass `max_queue_wait_s`: the work ahead of the request, the rows waiting plus the rows in
+Admission (DESIGN 6): a request is shed with 429 when the rows already waiting would pass `max_queue`, or when
+the expected wait would pass `max_queue_wait_ms`: the work ahead of the request, the rows waiting plus the rows in
 flight (a new row shares the engine with them: continuous batching has no "its turn"), divided by the engine's
 measured drain rate (rows it finishes per busy second when it is loaded). Retry-After is that expected wait,
 rounded up to whole seconds. Its own rows do not count: an idle server admits any request that passes the row
 bound.
 
 Shadow rows (the agreement monitor's full-depth re-runs of answered rows) wait in a lane of their own, outside
-every bound above: they join the engine only when no request's row is waiting, at most `max_shadow_rows_in_engine`
+every bound above: they join the engine only when no request's row is waiting, at most `shadow_max_rows_in_engine`
 at a time, and they are the first thing shed: when a request's rows must wait for room, when a request is refused,
 when their lane is full (the oldest goes), and at shutdown.
 """
@@ -55,11 +55,13 @@ class EngineClosedError(RuntimeError):
 
 @dataclass(frozen=True)
 class AdmissionLimits:
-    max_queue_rows: int  # rows waiting for the engine; beyond it 429
-    max_queue_wait_s: float  # expected wait of a new request; beyond it 429 (math.inf: no time bound)
-    idle_join_wait_s: float = 0.0  # an idle engine's first row waits this long for others to start with it
-    max_shadow_queue_rows: int = 64  # shadow rows waiting; a new one pushes out the oldest
-    max_shadow_rows_in_engine: int = 4  # shadow rows in flight at once
+    """The server settings of the same names (`service/settings.py` says what each means)."""
+
+    max_queue: int  # rows waiting for the engine; beyond it 429
+    max_queue_wait_ms: float  # expected wait of a new request; beyond it 429 (math.inf: no time bound)
+    max_batch_wait_ms: float = 0.0  # an idle engine's first row waits this long for others to start with it
+    shadow_max_queue_rows: int = 64  # shadow rows waiting; a new one pushes out the oldest
+    shadow_max_rows_in_engine: int = 4  # shadow rows in flight at once
 
 
 class AdmissionQueue(Generic[ItemT]):
@@ -132,14 +134,12 @@ class AdmissionQueue(Generic[ItemT]):
         waiting = len(self._waiting)
         expected = self.expected_wait_s(waiting)
         retry_after = max(1.0, math.ceil(expected))
-        if waiting + num_rows > self.limits.max_queue_rows:
+        if waiting + num_rows > self.limits.max_queue:
             self._shed_shadow_rows()
-            return QueueFullError(
-                f"queue full ({waiting} rows waiting, limit {self.limits.max_queue_rows})", retry_after
-            )
-        if expected > self.limits.max_queue_wait_s:
+            return QueueFullError(f"queue full ({waiting} rows waiting, limit {self.limits.max_queue})", retry_after)
+        limit_ms = self.limits.max_queue_wait_ms
+        if expected > limit_ms / 1000:
             self._shed_shadow_rows()
-            limit_ms = self.limits.max_queue_wait_s * 1000
             return QueueFullError(
                 f"expected queue wait {expected * 1000:.0f} ms is over {limit_ms:.0f} ms", retry_after
             )
@@ -166,7 +166,7 @@ class AdmissionQueue(Generic[ItemT]):
             if self._closed or self._waiting:  # shutting down, or requests are waiting for room: shed at once
                 self.ledger.drop([item], RowFate.SHED)
                 return
-            if len(self._shadow_waiting) >= self.limits.max_shadow_queue_rows:
+            if len(self._shadow_waiting) >= self.limits.shadow_max_queue_rows:
                 self.ledger.drop([self._shadow_waiting.popleft()], RowFate.SHED)
             item.enqueued_at = self.clock()
             self._shadow_waiting.append(item)
@@ -188,7 +188,7 @@ class AdmissionQueue(Generic[ItemT]):
             self._shadow_waiting.clear()
 
     def wait_for_work(self) -> bool:
-        """Block an idle engine until rows are queued (then up to `idle_join_wait_s` for others to join the first)
+        """Block an idle engine until rows are queued (then up to `max_batch_wait_ms` for others to join the first)
         or the queue is closed and empty: False then, the engine may stop."""
         with self._condition:
             while not self._waiting:
@@ -197,7 +197,7 @@ class AdmissionQueue(Generic[ItemT]):
                 if self._closed:
                     return False
                 self._condition.wait()
-            start_by = self._waiting[0].enqueued_at + self.limits.idle_join_wait_s
+            start_by = self._waiting[0].enqueued_at + self.limits.max_batch_wait_ms / 1000
             while not self._closed and (remaining := start_by - self.clock()) > 0:
                 self._condition.wait(remaining)
             return True
@@ -240,7 +240,7 @@ class AdmissionQueue(Generic[ItemT]):
     ) -> None:
         """Shadow rows into the room the requests' rows left, within the shadow cap (lock held); an empty engine
         takes at least one, as for requests' rows."""
-        room_shadow = self.limits.max_shadow_rows_in_engine - self.shadow_rows_in_engine
+        room_shadow = self.limits.shadow_max_rows_in_engine - self.shadow_rows_in_engine
         while self._shadow_waiting and room_shadow > 0 and len(taken) < room_rows:
             candidate = self._shadow_waiting[0]
             if candidate.deadline <= now:

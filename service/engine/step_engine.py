@@ -45,8 +45,10 @@ BundleT = TypeVar("BundleT", bound=ManifestFields)
 class EngineBudget:
     """What may be in flight at once, and how the next group is chosen."""
 
-    max_rows: int  # rows in the engine at once, at any depth
-    max_tokens: int  # padded tokens in the engine at once (rows x their group's longest row, summed)
+    """The server settings of the same names."""
+
+    max_batch_size: int  # rows in the engine at once, at any depth
+    max_batch_tokens: int  # padded tokens in the engine at once (rows x their group's longest row, summed)
     group_selection: str = "oldest"  # classification's rule (classify/group_selection.py); it checks the name
 
 
@@ -339,12 +341,12 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         self.metrics.inflight_rows.set(inflight)
 
     def _admit(self) -> None:
-        room_rows = self.budget.max_rows - self.inflight_rows
+        room_rows = self.budget.max_batch_size - self.inflight_rows
         if room_rows <= 0:
             return
         if not self.queue.depth and not self.queue.shadow_depth:
             return
-        items = self.queue.take(room_rows, self.budget.max_tokens - self.inflight_tokens, not self.inflight_rows)
+        items = self.queue.take(room_rows, self.budget.max_batch_tokens - self.inflight_tokens, not self.inflight_rows)
         if not items:
             return
         self.metrics.batch_size.observe(len(items))

@@ -137,9 +137,11 @@ def build_engine(settings: ServerSettings, task: str, num_layers: int) -> Classi
     engine_class = CaptionEngine if task == "caption" else ClassificationEngine
     ledger = RowLedger(metrics, engine_class.task, num_layers)
     drain = DrainRate()
-    limits = AdmissionLimits(settings.max_queue, settings.max_queue_wait_ms / 1000, settings.max_batch_wait_ms / 1000,
-                             max_shadow_rows_in_engine=settings.shadow_max_rows_in_engine)  # fmt: skip
-    budget = EngineBudget(settings.max_batch_size, settings.max_batch_tokens, settings.group_selection)
+    limits = AdmissionLimits(max_queue=settings.max_queue, max_queue_wait_ms=settings.max_queue_wait_ms,
+                             max_batch_wait_ms=settings.max_batch_wait_ms,
+                             shadow_max_rows_in_engine=settings.shadow_max_rows_in_engine)  # fmt: skip
+    budget = EngineBudget(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+                          group_selection=settings.group_selection)  # fmt: skip
     queue = AdmissionQueue(limits, ledger, drain, metrics)  # type: ignore[var-annotated]
     parts = dict(queue=queue, ledger=ledger, drain=drain, metrics=metrics, budget=budget, device=settings.device,
                  dtype=settings.dtype)  # fmt: skip

@@ -47,8 +47,8 @@ def make_queue(
     rate: float | None, max_rows: int = 1000, max_wait_s: float = 0.25
 ) -> tuple[AdmissionQueue[Row], ServiceMetrics, FakeClock]:
     metrics, clock = ServiceMetrics(3), FakeClock()
-    queue = AdmissionQueue[Row](AdmissionLimits(max_rows, max_wait_s), RowLedger(metrics, "classification", 3),
-                                measured(rate), metrics, clock)  # fmt: skip
+    limits = AdmissionLimits(max_queue=max_rows, max_queue_wait_ms=max_wait_s * 1000)
+    queue = AdmissionQueue[Row](limits, RowLedger(metrics, "classification", 3), measured(rate), metrics, clock)
     return queue, metrics, clock
 
 

@@ -26,8 +26,8 @@ def make_queue(
 ) -> tuple[AdmissionQueue[Row], RowLedger, ServiceMetrics, FakeClock]:
     metrics, clock = ServiceMetrics(3), FakeClock()
     ledger = RowLedger(metrics, "classification", 3)
-    limits = AdmissionLimits(max_rows, 0.25, max_shadow_queue_rows=shadow_queue,
-                             max_shadow_rows_in_engine=shadow_in_engine)  # fmt: skip
+    limits = AdmissionLimits(max_queue=max_rows, max_queue_wait_ms=250, shadow_max_queue_rows=shadow_queue,
+                             shadow_max_rows_in_engine=shadow_in_engine)  # fmt: skip
     return AdmissionQueue[Row](limits, ledger, measured(rate), metrics, clock), ledger, metrics, clock
 
 

@@ -69,7 +69,7 @@ class DevicePath:
         self.bundle = bundle
         self.device, self.dtype = device, setting.dtype
         self.buckets = StepBuckets(options.buckets.rows, options.buckets.tokens,
-                                   min(options.buckets.max_padded_tokens, setting.budget.max_tokens))  # fmt: skip
+                                   min(options.buckets.max_padded_tokens, setting.budget.max_batch_tokens))  # fmt: skip
         num_layers = bundle.num_layers
         self.layout = RowTable(num_layers, bundle.model.num_labels)
         self.graphs = StepGraphs(DeviceStep(bundle.model, self.layout), self.buckets, num_layers)

@@ -104,7 +104,7 @@ class HostPath:
         for index, other in enumerate(self.groups):
             if other.depth == group.depth:
                 width = max(other.encoder.hidden.shape[1], group.encoder.hidden.shape[1])
-                if (other.num_rows + group.num_rows) * width <= self.setting.budget.max_tokens:
+                if (other.num_rows + group.num_rows) * width <= self.setting.budget.max_batch_tokens:
                     self.groups[index] = other.merged(group, self.bundle.model.backbone, self.bundle.num_layers)
                     return
         self.groups.append(group)
