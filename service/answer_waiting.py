@@ -16,7 +16,7 @@ from typing import Generic, Protocol, TypeVar
 
 from fastapi import Request
 
-from service.engine.row_outcome import CaptionAnswer, ClassAnswer, Dropped, RowFate, RowOutcome
+from service.engine.row_outcome import Dropped, RowAnswer, RowFate, RowOutcome
 from service.errors import (
     ClientGoneError,
     EngineFailureError,
@@ -26,7 +26,7 @@ from service.errors import (
 )
 
 DISCONNECT_POLL_S = 0.05
-AnswerT = TypeVar("AnswerT", ClassAnswer, CaptionAnswer)
+AnswerT = TypeVar("AnswerT", bound=RowAnswer)
 
 
 class Cancellable(Protocol):

@@ -12,10 +12,10 @@ Shadow rows (the agreement monitor's full-depth re-runs) leave through here too,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from service.engine.queued_row import QueuedRow
-from service.engine.row_outcome import CaptionAnswer, ClassAnswer, Dropped, RowFate
+from service.engine.row_outcome import Dropped, RowAnswer, RowFate
 from service.metrics import ServiceMetrics
 
 # beem_shadow_rows_total's outcome for each fate: a shadow row is answered to be compared; one dropped for a request
@@ -43,9 +43,9 @@ class RowLedger:
         """Rows refused before they were made (the admission check ahead of tokenization)."""
         self._left[fate].inc(count)
 
-    def answer(self, item: QueuedRow, answer: ClassAnswer | CaptionAnswer, exit_layers: Sequence[int]) -> bool:
-        """An answered row; `exit_layers` holds one layer per exit it answered with (one per caption token).
-        False when the row had already left (it is not counted again)."""
+    def answer(self, item: QueuedRow, answer: RowAnswer) -> bool:
+        """An answered row, counted with the layer of every exit it answered with (one per caption token). False
+        when the row had already left (it is not counted again)."""
         if item.settled:
             return False
         item.settled, item.answered_at = True, time.monotonic()
@@ -53,6 +53,7 @@ class RowLedger:
             self._shadow_settled(item, RowFate.ANSWERED)
             item.on_done(answer)
             return True
+        exit_layers = answer.exit_layers
         histogram = self.metrics.exit_layer.labels(item.policy_name, self.task)
         for layer in exit_layers:
             histogram.observe(layer)

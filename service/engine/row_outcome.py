@@ -3,8 +3,10 @@ counted once where they leave, by `RowLedger`)."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 
 class RowFate(StrEnum):
@@ -38,6 +40,13 @@ class ClassAnswer:
     logits: tuple[float, ...] | None = None  # the exit's raw scores, likewise
     exits: tuple[ExitTrace, ...] = ()  # every computed exit, when the request asked for them
 
+    @property
+    def exit_layers(self) -> tuple[int, ...]:
+        return (self.exit_layer,)
+
+    def agreement_key(self) -> Hashable:
+        return self.label
+
 
 @dataclass(frozen=True)
 class CaptionAnswer:
@@ -45,6 +54,9 @@ class CaptionAnswer:
 
     tokens: tuple[int, ...]
     exit_layers: tuple[int, ...]
+
+    def agreement_key(self) -> Hashable:
+        return self.tokens
 
 
 @dataclass(frozen=True)
@@ -55,4 +67,17 @@ class Dropped:
     detail: str = ""
 
 
-RowOutcome = ClassAnswer | CaptionAnswer | Dropped
+class RowAnswer(Protocol):
+    """What every task's answer tells the ledger and the shadow monitor."""
+
+    @property
+    def exit_layers(self) -> Sequence[int]:
+        """One layer per exit it answered with: a classified row's one, a caption's one per token."""
+        ...
+
+    def agreement_key(self) -> Hashable:
+        """What must match between an early answer and the same row at full depth: a label, a caption's tokens."""
+        ...
+
+
+RowOutcome = RowAnswer | Dropped

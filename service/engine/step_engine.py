@@ -31,7 +31,7 @@ from service.engine.admission_queue import AdmissionQueue
 from service.engine.drain_rate import DrainRate
 from service.engine.queued_row import QueuedRow
 from service.engine.row_ledger import RowLedger
-from service.engine.row_outcome import CaptionAnswer, ClassAnswer, RowFate
+from service.engine.row_outcome import RowAnswer, RowFate
 from service.engine.thread_priority import background_priority
 from service.metrics import ServiceMetrics
 
@@ -154,8 +154,8 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
 
     # -- how rows leave: through the ledger, counted for the drain rate ---------------------------------------
 
-    def _answer(self, item: ItemT, answer: ClassAnswer | CaptionAnswer, exit_layers: Sequence[int]) -> None:
-        self._rows_left += self.ledger.answer(item, answer, exit_layers)
+    def _answer(self, item: ItemT, answer: RowAnswer) -> None:
+        self._rows_left += self.ledger.answer(item, answer)
 
     def _drop(self, items: Iterable[ItemT], fate: RowFate, layers_run: int, detail: str = "") -> None:
         self._rows_left += self.ledger.drop(items, fate, layers_run, detail)

@@ -29,7 +29,6 @@ from service.engine.classify.classification_engine import ClassificationEngine
 from service.engine.classify.device.device_path import DevicePathOptions
 from service.engine.drain_rate import DrainRate
 from service.engine.row_ledger import RowLedger
-from service.engine.row_outcome import CaptionAnswer, ClassAnswer
 from service.engine.step_engine import EngineBudget, resolve_device
 from service.metrics import ServiceMetrics
 from service.monitoring.alpha_controller import ControlSettings
@@ -180,7 +179,7 @@ def build_monitor(version: ServedVersion, settings: ServerSettings) -> ShadowMon
         control = controlled_policy(version, levels, budget, settings)
     return ShadowMonitor(
         version.metrics, levels, budget, live, settings.shadow_fraction, settings.shadow_window,
-        answer_key=_caption_tokens if version.task == "caption" else _class_label, control=control, model=version.name,
+        control=control, model=version.name,
     )  # fmt: skip
 
 
@@ -215,13 +214,3 @@ def controlled_policy(
     log.info("model %s: online control of %s's threshold from %.4f in [%.4f, %.4f], agreement target %.4f",
              version.name, name, calibrated, control.lowest, control.highest, target)  # fmt: skip
     return ControlledPolicy(name, control)
-
-
-def _class_label(answer: ClassAnswer | CaptionAnswer) -> int:
-    assert isinstance(answer, ClassAnswer)
-    return answer.label
-
-
-def _caption_tokens(answer: ClassAnswer | CaptionAnswer) -> tuple[int, ...]:
-    assert isinstance(answer, CaptionAnswer)
-    return answer.tokens

@@ -26,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from beem.calibration.agreement_levels import AgreementLevels
 from beem.policies.exit_policies import ExitPolicy
-from service.engine.row_outcome import CaptionAnswer, ClassAnswer, RowOutcome
+from service.engine.row_outcome import Dropped, RowAnswer, RowOutcome
 from service.metrics import ServiceMetrics
 from service.monitoring.agreement_window import AgreementEstimate, AgreementWindow
 from service.monitoring.alpha_controller import (
@@ -45,7 +45,6 @@ from service.monitoring.live_policies import LivePolicies
 log = logging.getLogger(__name__)
 NOISE_Z = 2.0  # the alert margin: agreement this many standard errors under the calibrated level is not chance
 LATENCY_WINDOW = 200  # recent request latencies the latency-SLO mode takes its p95 from
-AnswerKey = Callable[[ClassAnswer | CaptionAnswer], Hashable]  # what must match: a label, a caption's tokens
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,6 @@ class ShadowMonitor:
         live_policies: LivePolicies,
         fraction: float,
         window: int,
-        answer_key: AnswerKey,
         control: ControlledPolicy | None = None,
         model: str = "",
     ) -> None:
@@ -73,7 +71,6 @@ class ShadowMonitor:
         self.levels = dict(levels)  # by policy name: what the calibration split says
         self.live_policies = live_policies  # its writer: online control moves a threshold through it
         self.fraction = fraction
-        self.answer_key = answer_key
         self.model = model
         self.windows = {name: AgreementWindow(max_comparisons=window) for name in self.levels}
         self._credit = 0.0  # sampling by accumulated fraction: exactly `fraction` of early exits, evenly spread
@@ -111,16 +108,14 @@ class ShadowMonitor:
             self._update(policy_name)
         return sampled
 
-    def comparison(
-        self, policy_name: str, policy: ExitPolicy, answered: ClassAnswer | CaptionAnswer
-    ) -> Callable[[RowOutcome], None]:
+    def comparison(self, policy_name: str, policy: ExitPolicy, answered: RowAnswer) -> Callable[[RowOutcome], None]:
         """The `on_done` of a shadow row re-running `answered` at full depth (called on the engine thread)."""
         loop = asyncio.get_running_loop()
-        expected = self.answer_key(answered)
+        expected = answered.agreement_key()
 
         def shadow_left(outcome: RowOutcome) -> None:
-            if isinstance(outcome, ClassAnswer | CaptionAnswer):  # a dropped shadow row is counted by the ledger
-                agreed = self.answer_key(outcome) == expected
+            if not isinstance(outcome, Dropped):  # a dropped shadow row is counted by the ledger
+                agreed = outcome.agreement_key() == expected
                 loop.call_soon_threadsafe(self.record_comparison, policy_name, policy, agreed)
 
         return shadow_left

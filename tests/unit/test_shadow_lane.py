@@ -93,7 +93,7 @@ def test_shadow_rows_leave_through_the_ledger_counted_apart() -> None:
     queue.submit_shadow(answered)
     (taken,) = queue.take(1, 100, engine_empty=True)
     assert taken is answered and queue.shadow_rows_in_engine == 1
-    ledger.answer(taken, ClassAnswer(label=1, score=0.9, exit_layer=3), (3,))
+    ledger.answer(taken, ClassAnswer(label=1, score=0.9, exit_layer=3))
     assert queue.shadow_rows_in_engine == 0 and shadow_count(metrics, "compared") == 1
     assert answered.outcomes == [ClassAnswer(label=1, score=0.9, exit_layer=3)]
     # Shadow rows are not requests' rows: no answered row, exit layer or computed layer is counted for them.

@@ -34,7 +34,6 @@ def monitor(
         live,
         fraction,
         window=100,
-        answer_key=lambda answer: answer,
         control=controlled,
         model="m",
     )  # type: ignore[arg-type]

@@ -135,8 +135,7 @@ class CaptionEngine(StepEngine[LoadedCaptionBundle, ImageRow]):
         for slot, caption in zip(rows, flight.rows.captions(rows), strict=True):
             item = flight.items[slot]
             if finished is not None:
-                self._answer(item, CaptionAnswer(tuple(caption.tokens), tuple(caption.exit_layers)),
-                             caption.exit_layers)  # fmt: skip
+                self._answer(item, CaptionAnswer(tuple(caption.tokens), tuple(caption.exit_layers)))
             else:
                 self._drop([item], abandoned_fate(item), sum(caption.exit_layers))
         keep = ~leaving

@@ -119,7 +119,7 @@ class ClassificationEngine(StepEngine[LoadedBundle, TokenizedRow]):
 
     def answered(self, left: LeftRows) -> None:
         for item, answer in zip(left.rows, class_answers(left), strict=True):
-            self._answer(item, answer, (answer.exit_layer,))
+            self._answer(item, answer)
 
     def abandoned(self, row: TokenizedRow, fate: RowFate, layers_run: int) -> None:
         self._drop([row], fate, layers_run)
