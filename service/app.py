@@ -25,15 +25,16 @@ from service.errors import error_response, install_error_handlers
 from service.metrics import ServerMetrics
 from service.models.hot_swap import VersionWatcher
 from service.models.model_registry import ModelRegistry
-from service.models.served_version import build_engine, uses_device_path
+from service.models.served_version import build_engine
 from service.routes import admin, caption, classify, operations, predict, tei_info, tokenize
 from service.settings import ServerSettings
+from service.tasks import CAPTION, CLASSIFICATION, TASKS, uses_device_path
 
 log = logging.getLogger(__name__)
-# The API routes each task serves (beem_requests_total); probes and metrics are not counted.
-COUNTED_ROUTES = {
-    "classification": frozenset({"/v1/classify", "/predict", "/", "/invocations", "/tokenize", "/info", "/v1/models"}),
-    "caption": frozenset({"/v1/caption", "/v1/models"}),
+# The routers each task serves, mounted when a served model is of that task (service/tasks.py says why here).
+TASK_ROUTERS = {
+    CLASSIFICATION.name: (classify.router, predict.router, tokenize.router, tei_info.router),
+    CAPTION.name: (caption.router,),
 }
 __all__ = ["build_engine", "create_app", "uses_device_path"]
 
@@ -72,16 +73,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.shutting_down = False
     install_error_handlers(app)
-    counted: frozenset[str] = frozenset()
-    if "caption" in models.tasks:
-        app.include_router(caption.router)
-        counted |= COUNTED_ROUTES["caption"]
-    if "classification" in models.tasks:
-        app.include_router(classify.router)
-        app.include_router(predict.router)
-        app.include_router(tokenize.router)
-        app.include_router(tei_info.router)
-        counted |= COUNTED_ROUTES["classification"]
+    counted: frozenset[str] = frozenset()  # the API routes (beem_requests_total); probes and metrics are not
+    for task in TASKS.values():
+        if task.name in models.tasks:
+            for router in TASK_ROUTERS[task.name]:
+                app.include_router(router)
+            counted |= task.api_routes
     app.include_router(operations.router)
     app.include_router(admin.router)
     # Added last = outermost: requests rejected for their size are counted too.

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
@@ -88,11 +88,10 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
 
 
 class StepEngine(ABC, Generic[BundleT, ItemT]):
-    task: ClassVar[str]  # the `task` label of this engine's metrics
-
     def __init__(
         self,
         *,
+        task: str,
         queue: AdmissionQueue[ItemT],
         ledger: RowLedger,
         drain: DrainRate,
@@ -101,6 +100,7 @@ class StepEngine(ABC, Generic[BundleT, ItemT]):
         device: str,
         dtype: str,
     ) -> None:
+        self.task = task  # the `task` label of this engine's metrics (service/tasks.py)
         self.queue = queue
         self.ledger = ledger
         self.drain = drain

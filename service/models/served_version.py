@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from beem.bundle.bundle_reader import LoadedBundle
 from beem.bundle.manifest import CALIBRATION_CACHE_FILE, Manifest
@@ -24,17 +25,15 @@ from beem.policies.exit_policies import BeemPolicy, MaxProbPolicy
 from service.captioning import CaptionService, ReadyCaptioner
 from service.classification import ClassificationService, ReadyClassifier
 from service.engine.admission_queue import AdmissionLimits, AdmissionQueue
-from service.engine.caption.caption_engine import CaptionEngine
-from service.engine.classify.classification_engine import ClassificationEngine
-from service.engine.classify.device.device_path import DevicePathOptions
 from service.engine.drain_rate import DrainRate
 from service.engine.row_ledger import RowLedger
-from service.engine.step_engine import EngineBudget, resolve_device
+from service.engine.step_engine import EngineBudget, StepEngine
 from service.metrics import ServiceMetrics
 from service.monitoring.alpha_controller import ControlSettings
 from service.monitoring.live_policies import LivePolicies
 from service.monitoring.shadow_monitor import ControlledPolicy, ShadowMonitor
 from service.settings import ServerSettings
+from service.tasks import EngineParts, TaskService, task_named
 
 log = logging.getLogger(__name__)
 HEADROOM = 0.01  # online control loosens only once agreement clears the target by this much (and its noise)
@@ -53,8 +52,8 @@ class ServedVersion:
     name: str
     directory: Path
     manifest: Manifest
-    engine: ClassificationEngine | CaptionEngine
-    service: ClassificationService | CaptionService
+    engine: StepEngine[Any, Any]
+    service: TaskService
     status: VersionStatus = VersionStatus.LOADING
     error: str | None = None
     leases: int = 0  # requests holding this version (event loop only)
@@ -121,43 +120,26 @@ class ServedVersion:
 
 def start_version(settings: ServerSettings, manifest: Manifest) -> ServedVersion:
     """A version whose manifest has been read and verified, with its engine built but not loaded."""
-    engine = build_engine(settings, manifest.task, manifest.num_layers)
-    service: ClassificationService | CaptionService
-    if isinstance(engine, CaptionEngine):
-        service = CaptionService(engine, settings)
-    else:
-        service = ClassificationService(engine, settings)
+    task = task_named(manifest.task)
+    engine = build_engine(settings, task.name, manifest.num_layers)
+    service = task.make_service(engine, settings)
     return ServedVersion(manifest.name, manifest.path.parent, manifest, engine, service)
 
 
-def build_engine(settings: ServerSettings, task: str, num_layers: int) -> ClassificationEngine | CaptionEngine:
+def build_engine(settings: ServerSettings, task_name: str, num_layers: int) -> StepEngine[Any, Any]:
     """The engine of a bundle's task, with its admission queue, ledger and drain rate, from the settings."""
+    task = task_named(task_name)
     metrics = ServiceMetrics(num_layers)
-    engine_class = CaptionEngine if task == "caption" else ClassificationEngine
-    ledger = RowLedger(metrics, engine_class.task, num_layers)
+    ledger = RowLedger(metrics, task.name, num_layers)
     drain = DrainRate()
     limits = AdmissionLimits(max_queue=settings.max_queue, max_queue_wait_ms=settings.max_queue_wait_ms,
                              max_batch_wait_ms=settings.max_batch_wait_ms,
                              shadow_max_rows_in_engine=settings.shadow_max_rows_in_engine)  # fmt: skip
     budget = EngineBudget(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
                           group_selection=settings.group_selection)  # fmt: skip
-    queue = AdmissionQueue(limits, ledger, drain, metrics)  # type: ignore[var-annotated]
-    parts = dict(queue=queue, ledger=ledger, drain=drain, metrics=metrics, budget=budget, device=settings.device,
-                 dtype=settings.dtype)  # fmt: skip
-    if task == "caption":
-        return CaptionEngine(**parts)  # type: ignore[arg-type]
-    options = DevicePathOptions(buckets=settings.step_buckets(), cuda_graphs=settings.cuda_graphs,
-                                skip_unprofitable_exits=settings.skip_unprofitable_exits,
-                                compile_decisions=settings.compile_decisions)  # fmt: skip
-    return ClassificationEngine(**parts, engine_path="device" if uses_device_path(settings) else "host",  # type: ignore[arg-type]
-                                device_path_options=options)  # fmt: skip
-
-
-def uses_device_path(settings: ServerSettings) -> bool:
-    """engine_path auto: the device path where the engine will run on CUDA, the host path on the CPU."""
-    if settings.engine_path != "auto":
-        return settings.engine_path == "device"
-    return resolve_device(settings.device, settings.dtype)[0].type == "cuda"
+    queue: AdmissionQueue[Any] = AdmissionQueue(limits, ledger, drain, metrics)
+    parts = EngineParts(task=task.name, queue=queue, ledger=ledger, drain=drain, metrics=metrics, budget=budget)
+    return task.make_engine(parts, settings)
 
 
 def build_monitor(version: ServedVersion, settings: ServerSettings) -> ShadowMonitor | None:

@@ -20,6 +20,7 @@ from service.schemas import (
     ModelReference,
     PolicySpec,
 )
+from service.tasks import CAPTION
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 413, 415, 422, 429, 503, 504)}
@@ -87,7 +88,7 @@ async def caption(request: Request, models: Models) -> CaptionResponse:
             f"content-type {content_type or '(none)'}: send multipart/form-data with an {IMAGE_FIELD!r} file, or "
             "application/json with a base64 'image'"
         )
-    with models.lease(model, "caption") as served:  # held until answered: a swap lets it finish
+    with models.lease(model, CAPTION.name) as served:  # held until answered: a swap lets it finish
         request.state.model = served.name
         captioner = served.captioner()
         chosen = captioner.policy(spec)

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from service.classification import ClassifyCall, TextRow
 from service.routes.dependencies import Models, require_api_key
 from service.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, ErrorBody, ExitInfo
+from service.tasks import CLASSIFICATION
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 413, 422, 429, 503, 504)}
@@ -20,7 +21,7 @@ def rows_of(inputs: str | list[str] | list[tuple[str, str]]) -> tuple[TextRow, .
 
 @router.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS)  # type: ignore[arg-type]
 async def classify(body: ClassifyRequest, request: Request, models: Models) -> ClassifyResponse:
-    with models.lease(body.model, "classification") as served:  # held until answered: a swap lets it finish
+    with models.lease(body.model, CLASSIFICATION.name) as served:  # held until answered: a swap lets it finish
         request.state.model = served.name
         classifier = served.classifier()
         chosen = classifier.policy(body.policy)

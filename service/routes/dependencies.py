@@ -18,6 +18,7 @@ from fastapi import Depends, Request
 from service.classification import ReadyClassifier
 from service.errors import UnauthorizedError
 from service.models.model_registry import ModelRegistry
+from service.tasks import CLASSIFICATION
 
 
 async def model_registry(request: Request) -> ModelRegistry:
@@ -31,7 +32,7 @@ Models = Annotated[ModelRegistry, Depends(model_registry)]
 @contextmanager
 def default_classifier(models: ModelRegistry, request: Request) -> Iterator[ReadyClassifier]:
     """The default classifier (TEI's routes), ready, held until the request is answered; 503 while it loads."""
-    with models.lease(None, "classification") as served:
+    with models.lease(None, CLASSIFICATION.name) as served:
         request.state.model = served.name
         yield served.classifier()
 

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.models.model_registry import ModelRegistry, ServedModel
 from service.models.served_version import ServedVersion
 from service.routes.dependencies import Models, require_api_key
+from service.tasks import CLASSIFICATION
 
 router = APIRouter()
 
@@ -73,7 +74,7 @@ def _model_entry(model: ServedModel, models: ModelRegistry) -> dict[str, Any]:
         "created_at": manifest.created_at,
         "backbone": {key: manifest.backbone.get(key) for key in ("name", "origin", "model_type")},
         "num_layers": manifest.num_layers,
-        "labels": list(manifest.labels) if manifest.task == "classification" else None,
+        "labels": list(manifest.labels) if manifest.task == CLASSIFICATION.name else None,
         "max_length": manifest.max_length,
         "default_policy": manifest.default_policy,
         "calibration": manifest.calibration or None,

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from service.errors import NotReadyError
 from service.routes.dependencies import Models, default_classifier, require_api_key
 from service.schemas import ClassifierModel, EarlyExitInfo, ErrorBody, InfoResponse, ModelType
+from service.tasks import CLASSIFICATION
 
 router = APIRouter()
 SERVER_VERSION = importlib.metadata.version("beem-serve")
@@ -64,7 +65,7 @@ async def info(request: Request, models: Models) -> InfoResponse:
 
 async def health(request: Request, models: Models) -> Response:
     """TEI's health: the default classifier's serving version is warm."""
-    served = models.default_for("classification").active
+    served = models.default_for(CLASSIFICATION.name).active
     engine_health = served.engine.health()
     if not served.ready or engine_health.closed or request.app.state.shutting_down:
         detail = f" ({served.error or engine_health.error})" if served.error or engine_health.error else ""

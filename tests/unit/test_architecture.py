@@ -100,3 +100,17 @@ def test_the_service_has_no_import_cycles() -> None:
 
     for module in sorted(graph):
         visit(module)
+
+
+def test_only_the_task_record_names_a_task() -> None:
+    """A task's name is spelled in service/tasks.py alone; everything else asks the record (adding a task is not a
+    hunt for string literals)."""
+    names = {"classification", "caption"}
+    spelled = []
+    for path in sorted(SERVICE_DIR.rglob("*.py")):
+        if path == SERVICE_DIR / "tasks.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelled.append(f"{path.relative_to(SERVICE_DIR)}:{node.lineno} {node.value!r}")
+    assert not spelled, spelled

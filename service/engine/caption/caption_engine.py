@@ -29,7 +29,6 @@ from service.engine.queued_row import object_array
 from service.engine.row_outcome import CaptionAnswer
 from service.engine.step_engine import StepEngine
 
-TASK = "caption"
 # Images encoded together on CPU. EfficientNet-Lite0's activations for more images than this outgrow the caches:
 # measured on the 2-core CPU, 13.6 ms an image in batches of 4 against 24.6 in batches of 8 and 31.6 in batches of
 # 16 (16 images: 285 ms in chunks of 4, 505 ms at once). On a GPU the whole group is encoded at once.
@@ -55,7 +54,6 @@ class CaptionsInFlight:
 
 
 class CaptionEngine(StepEngine[LoadedCaptionBundle, ImageRow]):
-    task = TASK
     _flight: CaptionsInFlight | None = None  # made when the bundle has loaded
 
     def _load_bundle(self, bundle_path: Path, manifest: Manifest | None) -> LoadedCaptionBundle:

@@ -32,11 +32,10 @@ POLICY_ROW_CACHE_SIZE = 1024  # (policy, depth limit) pairs whose parameter rows
 
 
 class ClassificationEngine(StepEngine[LoadedBundle, TokenizedRow]):
-    task = "classification"
-
     def __init__(
         self,
         *,
+        task: str,
         queue: AdmissionQueue[TokenizedRow],
         ledger: RowLedger,
         drain: DrainRate,
@@ -48,8 +47,8 @@ class ClassificationEngine(StepEngine[LoadedBundle, TokenizedRow]):
         device_path_options: DevicePathOptions = DEFAULT_DEVICE_PATH_OPTIONS,
     ) -> None:
         """`engine_path`: the layer path's name (`layer_paths.py`); `device_path_options`: the device path's."""
-        super().__init__(queue=queue, ledger=ledger, drain=drain, metrics=metrics, budget=budget, device=device,
-                         dtype=dtype)  # fmt: skip
+        super().__init__(task=task, queue=queue, ledger=ledger, drain=drain, metrics=metrics, budget=budget,
+                         device=device, dtype=dtype)  # fmt: skip
         if budget.group_selection not in GROUP_SELECTION_RULES:
             raise ValueError(f"group_selection {budget.group_selection!r}: expected one of {GROUP_SELECTION_RULES}")
         if engine_path not in LAYER_PATHS:
