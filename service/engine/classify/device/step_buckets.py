@@ -5,7 +5,7 @@ bucket (placeholder rows that never count), tokens to the next token bucket. Row
 bucket (length-bucketed groups: a short text does not pay for a long one's padding beyond its bucket). A group
 whose rows or tokens are beyond the largest bucket runs at its own shape, eagerly (no graph).
 
-Pure logic, table-driven tests (tests/unit/test_step_buckets.py).
+Pure logic, table-driven tests (tests/engine/classify/device/test_step_buckets.py).
 """
 
 from __future__ import annotations

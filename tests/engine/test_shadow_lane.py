@@ -12,7 +12,7 @@ from service.engine.admission_queue import AdmissionLimits, AdmissionQueue, Queu
 from service.engine.row_ledger import RowLedger
 from service.engine.row_outcome import ClassAnswer, Dropped, RowFate
 from service.metrics import ServiceMetrics
-from tests.unit.test_admission import FakeClock, Row, counted, measured
+from tests.engine.test_admission import FakeClock, Row, counted, measured
 
 
 def shadow_row(deadline: float = math.inf) -> Row:

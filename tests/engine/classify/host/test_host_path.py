@@ -1,6 +1,6 @@
-"""The classification step loop (DESIGN 6) on the tiny generated bundle, driven step by step in the test thread:
-rows join mid-flight, mixed policies share a group, abandoned rows leave between steps, a failing step fails
-only its rows, closing drains rows at every depth."""
+"""The classification engine on its host layer path (DESIGN 6), the tiny generated bundle driven step by step in the
+test thread: rows join mid-flight, mixed policies share a group, abandoned rows leave between steps, a failing step
+fails only its rows, closing drains rows at every depth."""
 
 from __future__ import annotations
 
