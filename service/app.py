@@ -4,7 +4,7 @@ Every served bundle's manifest and checksums are verified before the app exists,
 with a message. The models themselves load in the background, one after another: /healthz answers at once,
 /readyz turns 200 when every model is warm. A request names its model (or gets its task's default), and holds
 that model's serving version until it is answered; new versions swap in while the server runs
-(`service/models/hot_swap.py`: polling, `POST /admin/reload`, SIGHUP). On shutdown (SIGTERM via uvicorn) the
+(`service/model_versions/hot_swap.py`: polling, `POST /admin/reload`, SIGHUP). On shutdown (SIGTERM via uvicorn) the
 server stops accepting connections, finishes what was admitted, and every engine drains before the process exits.
 """
 
@@ -23,9 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response, install_error_handlers
 from service.metrics import ServerMetrics
-from service.models.hot_swap import VersionWatcher
-from service.models.model_registry import ModelRegistry
-from service.models.served_version import build_engine
+from service.model_versions.hot_swap import VersionWatcher
+from service.model_versions.model_registry import ModelRegistry
+from service.model_versions.served_version import build_engine
 from service.routes import admin, caption, classify, operations, predict, tei_info, tokenize
 from service.settings import ServerSettings
 from service.tasks import CAPTION, CLASSIFICATION, TASKS, uses_device_path

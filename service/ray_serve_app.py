@@ -26,7 +26,7 @@ from ray.serve import Application, Deployment
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
-from service.models.model_registry import ModelRegistry
+from service.model_versions.model_registry import ModelRegistry
 from service.settings import ServerSettings
 
 DEPLOYMENT_NAME = "beem"

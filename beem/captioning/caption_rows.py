@@ -20,7 +20,7 @@ import torch
 
 from beem.captioning.multi_exit_decoder import MultiExitDecoder
 from beem.policies.array_policies import ExitObservations, RowPolicies, RowStates, decide
-from beem.policies.policy_table import ArrayRule
+from beem.policies.policy_table import rules_read_entropy
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ class CaptionRows:
         self._tokens = torch.zeros(0, self.width, dtype=torch.int64)  # (R, width) generated so far
         self._exit_layers = torch.zeros(0, self.width, dtype=torch.int64)  # (R, width) each token's exit layer
         self.lengths = np.zeros(0, dtype=np.int64)  # (R,) tokens generated so far (host copy of positions)
-        self._rule_codes = np.zeros(0, dtype=np.int64)  # (R,) each row's ArrayRule (host copy)
-        self._rules: frozenset[ArrayRule] = frozenset()
+        self._rule_codes = np.zeros(0, dtype=np.int64)  # (R,) each row's rule code (host copy)
+        self._rules: frozenset[int] = frozenset()
         self._reads_entropy = False
 
     @torch.inference_mode()
@@ -172,8 +172,8 @@ class CaptionRows:
     def _set_rules(self, codes: np.ndarray) -> None:
         """The rules among the rows: the array form computes only theirs (and the entropy only when read)."""
         self._rule_codes = codes
-        self._rules = frozenset(ArrayRule(code) for code in np.unique(codes).tolist())
-        self._reads_entropy = ArrayRule.ENTROPY in self._rules
+        self._rules = frozenset(np.unique(codes).tolist())
+        self._reads_entropy = rules_read_entropy(self._rules)
 
     def captions(self, rows: np.ndarray) -> list[DecodedCaption]:
         """What rows (indices) have generated so far (reads back only these rows)."""

@@ -11,21 +11,26 @@ float32 (as the calibration cache stores them) and widened, so serving decides o
 
 Calibration's threshold scan runs the same `fold` over the cached exits and the same `reaches_exit` per candidate
 threshold (beem/calibration/threshold_search.py).
+
+Each rule's score is one function of a `FoldStep` in `SCORE_RULES`, keyed by the rule code of the policy table
+(`policy_table.py`): the table says which state each rule keeps and what it reads of an exit, so the fold computes
+the shared pieces (agreement, the agreeing run, entropies) only when a rule present needs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Self
 
 import torch
 
-from beem.policies.exit_policies import BeemPolicy, ExitPolicy
-from beem.policies.policy_table import RULE_OF_CLASS, ArrayRule
+from beem.policies.exit_policies import ExitPolicy
+from beem.policies.policy_table import DEFINITION_OF_CLASS, ArrayRule, rules_keeping
 
 NO_LABEL = -1  # previous_label of a row that has seen no exit yet
-EVERY_RULE = frozenset(ArrayRule)
+NEUTRAL_ROW_PARAMETERS: dict[str, object] = {"count_first_exit": True, "restart_on_disagree": True}  # and zero
+# weights: the per-row parameters of a policy whose rule does not read them
 
 
 @dataclass(frozen=True)
@@ -96,16 +101,25 @@ class RowPolicies(_Rows):
     def of(
         cls, policies: Sequence[ExitPolicy], last_layers: Sequence[int], num_layers: int, device: torch.device | str
     ) -> RowPolicies:
-        """One row per policy (the same policy object may repeat). Python work per row, once, at admission."""
+        """One row per policy (the same policy object may repeat). Python work per row, once, at admission: each
+        policy's table entry gives its rule and its own parameters (BEEM's weights and switches)."""
+        definitions = [DEFINITION_OF_CLASS[type(p)] for p in policies]
+        own = [definition.row_parameters(p) for definition, p in zip(definitions, policies, strict=True)]
         no_weights = (0.0,) * num_layers
-        beem = [p if isinstance(p, BeemPolicy) else None for p in policies]
+
+        def column(name: str, neutral: object) -> list[object]:
+            return [parameters.get(name, neutral) for parameters in own]
+
         return cls(
-            rule=torch.tensor([int(RULE_OF_CLASS[type(p)]) for p in policies], dtype=torch.int64, device=device),
+            rule=torch.tensor([d.rule for d in definitions], dtype=torch.int64, device=device),
             threshold=torch.tensor([p.threshold for p in policies], dtype=torch.float64, device=device),
-            weights=torch.tensor([b.weights if b else no_weights for b in beem], dtype=torch.float64, device=device)
+            weights=torch.tensor(column("weights", no_weights), dtype=torch.float64, device=device)
             .reshape(len(policies), num_layers),
-            count_first_exit=torch.tensor([b.count_first_exit if b else True for b in beem], device=device),
-            restart_on_disagree=torch.tensor([b.reset == "restart" if b else True for b in beem], device=device),
+            count_first_exit=torch.tensor(column("count_first_exit", NEUTRAL_ROW_PARAMETERS["count_first_exit"]),
+                                          dtype=torch.bool, device=device),
+            restart_on_disagree=torch.tensor(
+                column("restart_on_disagree", NEUTRAL_ROW_PARAMETERS["restart_on_disagree"]), dtype=torch.bool,
+                device=device),
             last_layer=torch.tensor(list(last_layers), dtype=torch.int64, device=device),
         )  # fmt: skip
 
@@ -142,43 +156,74 @@ class RowStates(_Rows):
         return cls(depth.double(), torch.full_like(depth, NO_LABEL), torch.zeros_like(depth), depth)
 
 
+@dataclass(frozen=True)
+class FoldStep:
+    """What a rule's score may read after the next exit: the rows' states before it, the exit's observations, the
+    rows' parameters, and the pieces the fold computed once for every rule present."""
+
+    states: RowStates
+    observed: ExitObservations
+    policies: RowPolicies
+    layers_seen: torch.Tensor  # (R,) int64: exits folded in, this one included
+    agree: torch.Tensor | None  # (R,) bool: this exit's label is the previous one's; None when no rule keeps
+    # `previous_label`
+    agreeing_run: torch.Tensor  # (R,) int64: agreeing exits in a row, this one included (kept only when a rule
+    # keeps it; the states' run otherwise)
+
+
+def _beem_score(step: FoldStep) -> torch.Tensor:
+    """DESIGN 3.1: accumulate w_i * C_i while neighbours agree; a first exit or a disagreement starts again."""
+    states, policies = step.states, step.policies
+    assert step.agree is not None
+    first = states.previous_label == NO_LABEL
+    weight = policies.weights.gather(1, states.layers_seen.unsqueeze(1)).squeeze(1)  # (R,) w_i, this exit
+    contribution = weight * step.observed.confidences
+    keeps_contribution = torch.where(first, policies.count_first_exit, policies.restart_on_disagree)
+    return torch.where(step.agree, states.score + contribution, torch.where(keeps_contribution, contribution, 0.0))
+
+
+def _entropy_score(step: FoldStep) -> torch.Tensor:
+    assert step.observed.entropies is not None, "entropy rows need observations with the entropy"
+    return -step.observed.entropies
+
+
+ScoreRule = Callable[[FoldStep], torch.Tensor]  # a rule's (R,) float64 score after the step's exit
+SCORE_RULES: dict[int, ScoreRule] = {
+    ArrayRule.BEEM: _beem_score,
+    ArrayRule.MAX_PROB: lambda step: step.observed.confidences,
+    ArrayRule.ENTROPY: _entropy_score,
+    ArrayRule.PATIENCE: lambda step: step.agreeing_run.double(),
+    ArrayRule.DEPTH: lambda step: step.layers_seen.double(),
+}
+
+
+def every_rule() -> frozenset[int]:
+    return frozenset(SCORE_RULES)
+
+
 def fold(
-    states: RowStates, observed: ExitObservations, policies: RowPolicies, rules: frozenset[ArrayRule] = EVERY_RULE
+    states: RowStates, observed: ExitObservations, policies: RowPolicies, rules: frozenset[int] | None = None
 ) -> RowStates:
     """Fold the next exit's observation into every row's score (`ExitPolicy.update`, all rules at once).
 
-    `rules` may name the only rules among these rows (the engine knows them per group): the other rules' scores
-    are then not computed, and a group of one rule skips the selection. `agreeing_run` is kept up to date only
-    when patience is among them (no other rule reads it)."""
+    `rules` may name the only rules among these rows (the engine knows them per group; None: every rule): the
+    other rules' scores are then not computed, and a group of one rule skips the selection. `agreeing_run` is kept
+    up to date only when a rule present keeps it."""
+    rules = every_rule() if rules is None else rules
     layers_seen = states.layers_seen + 1
-    candidates: dict[ArrayRule, torch.Tensor] = {}
+    agree = None
     run = states.agreeing_run
-    if ArrayRule.BEEM in rules or ArrayRule.PATIENCE in rules:
+    if rules_keeping("previous_label", rules):
         agree = observed.labels == states.previous_label  # never true on a first exit: labels are >= 0
-        if ArrayRule.PATIENCE in rules:
+        if rules_keeping("agreeing_run", rules):
             run = torch.where(agree, states.agreeing_run + 1, 0)
-            candidates[ArrayRule.PATIENCE] = run.double()
-        if ArrayRule.BEEM in rules:
-            # DESIGN 3.1: accumulate w_i * C_i while neighbours agree; a first exit or a disagreement starts again.
-            first = states.previous_label == NO_LABEL
-            weight = policies.weights.gather(1, states.layers_seen.unsqueeze(1)).squeeze(1)  # (R,) w_i, this exit
-            contribution = weight * observed.confidences
-            keeps_contribution = torch.where(first, policies.count_first_exit, policies.restart_on_disagree)
-            candidates[ArrayRule.BEEM] = torch.where(
-                agree, states.score + contribution, torch.where(keeps_contribution, contribution, 0.0)
-            )
-    if ArrayRule.MAX_PROB in rules:
-        candidates[ArrayRule.MAX_PROB] = observed.confidences
-    if ArrayRule.ENTROPY in rules:
-        assert observed.entropies is not None, "entropy rows need observations with the entropy"
-        candidates[ArrayRule.ENTROPY] = -observed.entropies
-    if ArrayRule.DEPTH in rules:
-        candidates[ArrayRule.DEPTH] = layers_seen.double()
+    step = FoldStep(states, observed, policies, layers_seen, agree, run)
+    candidates = {rule: SCORE_RULES[rule](step) for rule in sorted(rules)}
     if len(candidates) == 1:
         (score,) = candidates.values()
-    else:  # one column per ArrayRule, in its order (an absent rule's column is never selected)
+    else:  # one column per rule code (an absent rule's column is never selected)
         filler = next(iter(candidates.values()))
-        table = torch.stack([candidates.get(rule, filler) for rule in ArrayRule], dim=1)  # (R, len(ArrayRule))
+        table = torch.stack([candidates.get(rule, filler) for rule in range(max(SCORE_RULES) + 1)], dim=1)  # (R, K)
         score = table.gather(1, policies.rule.unsqueeze(1)).squeeze(1)
     return RowStates(score, observed.labels, run, layers_seen)
 
@@ -192,7 +237,7 @@ def reaches_exit(
 
 
 def decide(
-    states: RowStates, observed: ExitObservations, policies: RowPolicies, rules: frozenset[ArrayRule] = EVERY_RULE
+    states: RowStates, observed: ExitObservations, policies: RowPolicies, rules: frozenset[int] | None = None
 ) -> tuple[RowStates, torch.Tensor]:
     """`ExitPolicy.step` for a whole group: the new states and a (R,) bool, True for rows that exit now."""
     folded = fold(states, observed, policies, rules)

@@ -1,9 +1,10 @@
-"""The first layer at which a policy could possibly let a row leave, whatever its exits say.
+"""The first layer at which a policy could possibly let a row leave, whatever its exits say: each policy's bound,
+named by its entry in the policy table (`policy_table.py`, `earliest_exit_layer`).
 
-Serving on a GPU reads decisions back to the host only where some row of a group could leave (the GPU path of
-`service/engine/device_engine.py`): before that layer the decisions are still folded on the device, but nothing
-is read. The bound is conservative: the score's largest attainable value after each exit, compared with the
-threshold (a row never leaves earlier than this, it may leave later).
+Serving on a GPU reads decisions back to the host only where some row of a group could leave (the device path,
+`service/engine/classify/device/device_path.py`): before that layer the decisions are still folded on the device,
+but nothing is read. The bound is conservative: the score's largest attainable value after each exit, compared
+with the threshold (a row never leaves earlier than this, it may leave later).
 
 | policy    | score after exit i, at most                                   | earliest exit                     |
 |-----------|---------------------------------------------------------------|-----------------------------------|
@@ -18,37 +19,36 @@ Otherwise (and always at the latest) the row's last layer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-from beem.policies.exit_policies import (
-    BeemPolicy,
-    EntropyPolicy,
-    ExitPolicy,
-    MaxProbPolicy,
-    PatiencePolicy,
-    StaticPolicy,
-)
+from beem.policies.exit_policies import BeemPolicy, ExitPolicy
 
 SLACK = 1e-9  # float sums of the weights may fall a rounding error short of the threshold they reach
 
 
-def earliest_exit_layer(policy: ExitPolicy, last_layer: int) -> int:
-    """1-based: no row of `policy` allowed `last_layer` layers leaves before this layer."""
-    threshold = policy.threshold
-    if isinstance(policy, BeemPolicy):
-        attainable = 0.0
-        for layer, weight in enumerate(policy.weights[:last_layer], start=1):
-            if layer > 1 or policy.count_first_exit:
-                attainable += weight
-            if attainable >= threshold - SLACK:
-                return layer
-        return last_layer
-    if isinstance(policy, MaxProbPolicy):
-        return 1 if threshold <= 1.0 else last_layer
-    if isinstance(policy, EntropyPolicy):
-        return 1 if threshold <= 0.0 else last_layer
-    if isinstance(policy, PatiencePolicy | StaticPolicy):
-        offset = 1 if isinstance(policy, PatiencePolicy) else 0
-        if math.isinf(threshold):
+def beem_earliest_exit(policy: BeemPolicy, last_layer: int) -> int:
+    attainable = 0.0
+    for layer, weight in enumerate(policy.weights[:last_layer], start=1):
+        if layer > 1 or policy.count_first_exit:
+            attainable += weight
+        if attainable >= policy.threshold - SLACK:
+            return layer
+    return last_layer
+
+
+def bounded_score_earliest_exit(highest_score: float) -> Callable[[ExitPolicy, int], int]:
+    """For a score that never passes `highest_score` at any exit (max-prob: 1, entropy: 0): layer 1 if the
+    threshold is within reach, else never early."""
+    return lambda policy, last_layer: 1 if policy.threshold <= highest_score else last_layer
+
+
+def counted_layers_earliest_exit(offset: int) -> Callable[[ExitPolicy, int], int]:
+    """For a score that grows by at most 1 per exit from `1 - offset` at the first (static: the depth, offset 0;
+    patience: agreeing exits in a row, offset 1)."""
+
+    def earliest(policy: ExitPolicy, last_layer: int) -> int:
+        if math.isinf(policy.threshold):
             return last_layer
-        return int(min(max(math.ceil(threshold) + offset, 1), last_layer))
-    return 1  # a policy this table does not know: assume it may leave anywhere
+        return int(min(max(math.ceil(policy.threshold) + offset, 1), last_layer))
+
+    return earliest

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from service.models.hot_swap import VersionWatcher
+from service.model_versions.hot_swap import VersionWatcher
 from service.routes.dependencies import Models, require_api_key
 
 router = APIRouter(dependencies=[Depends(require_api_key)])

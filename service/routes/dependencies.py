@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 
 from service.classification import ReadyClassifier
 from service.errors import UnauthorizedError
-from service.models.model_registry import ModelRegistry
+from service.model_versions.model_registry import ModelRegistry
 from service.tasks import CLASSIFICATION
 
 

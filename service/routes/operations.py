@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.models.model_registry import ModelRegistry, ServedModel
-from service.models.served_version import ServedVersion
+from service.model_versions.model_registry import ModelRegistry, ServedModel
+from service.model_versions.served_version import ServedVersion
 from service.routes.dependencies import Models, require_api_key
 from service.tasks import CLASSIFICATION
 

@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from beem.calibration.agreement_levels import AgreementLevels, agreement_levels
 from beem.calibration.exit_cache import ExitCache
 from beem.policies.exit_policies import ExitPolicy
-from service.models.model_registry import ModelRegistry
-from service.models.served_version import ServedVersion, VersionStatus
+from service.model_versions.model_registry import ModelRegistry
+from service.model_versions.served_version import ServedVersion, VersionStatus
 from service.settings import ServerSettings
 from tests.api.conftest import ready_client
 from tests.model_store_builders import add_version, model_store
@@ -38,7 +38,7 @@ def level_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         seen.append(threading.get_native_id())
         return agreement_levels(cache, policy)
 
-    monkeypatch.setattr("service.models.served_version.agreement_levels", watched)
+    monkeypatch.setattr("service.model_versions.served_version.agreement_levels", watched)
     return seen
 
 
@@ -118,7 +118,7 @@ def test_a_set_up_that_fails_refuses_the_version_and_the_old_one_serves_on(
     def broken(cache: ExitCache, policy: ExitPolicy) -> AgreementLevels:
         raise ValueError("calibration cache unreadable")
 
-    monkeypatch.setattr("service.models.served_version.agreement_levels", broken)
+    monkeypatch.setattr("service.model_versions.served_version.agreement_levels", broken)
     add_version(store / "tiny-sentiment", tiny_bundle_dir, 2, name="tiny-sentiment")
     (outcome,) = client.post("/admin/reload").json()["reloads"]
     assert outcome["outcome"] == "refused"

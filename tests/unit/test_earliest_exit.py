@@ -1,5 +1,6 @@
-"""The first layer a policy could let a row leave (beem/policies/earliest_exit.py): table-driven, and checked
-against the per-sample reference on random exits (no row ever leaves before it)."""
+"""The first layer a policy could let a row leave (beem/policies/earliest_exit.py, named by each policy's entry of
+the table): table-driven, and checked against the per-sample reference on random exits (no row ever leaves before
+it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beem.policies.earliest_exit import earliest_exit_layer
 from beem.policies.exit_policies import (
     BeemPolicy,
     EntropyPolicy,
@@ -21,6 +21,7 @@ from beem.policies.exit_policies import (
     StaticPolicy,
     run_sample,
 )
+from beem.policies.policy_table import earliest_exit_layer
 
 WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 

@@ -1,22 +1,41 @@
-"""The one policy table (beem/policies/policy_table.py): validation, round trips, and what derives from it."""
+"""The one policy table (beem/policies/policy_table.py): validation, round trips, and what derives from it, with
+a coverage check that fails when an `ExitPolicy` subclass is missing from any derived piece."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from dataclasses import fields, replace
 
 import pytest
 
-from beem.policies.exit_policies import BeemPolicy, EntropyPolicy, MaxProbPolicy, PatiencePolicy, StaticPolicy
+from beem.policies import exit_policies
+from beem.policies.array_policies import SCORE_RULES, RowPolicies, RowStates
+from beem.policies.exit_policies import (
+    BeemPolicy,
+    EntropyPolicy,
+    ExitPolicy,
+    FullDepthPolicy,
+    MaxProbPolicy,
+    PatiencePolicy,
+    StaticPolicy,
+)
 from beem.policies.policy_table import (
+    DEFINITION_OF_CLASS,
     POLICY_NAMES,
     POLICY_TABLE,
     RULE_OF_CLASS,
     CalibrationStart,
     PolicyParameterError,
     build_policy,
+    definition_of_policy,
+    earliest_exit_layer,
+    policy_added,
     policy_params_json,
+    threshold_ceiling,
 )
+from service.engine.classify.device.row_columns import RowColumns
 from service.schemas import POLICY_REQUEST_MODELS, POLICY_SPEC
 
 START = CalibrationStart(num_layers=4, exit_accuracies=(0.6, 0.7, 0.8, 0.85))
@@ -116,3 +135,73 @@ def test_the_wire_schema_derives_from_the_table(body: dict[str, object], valid: 
     else:
         with pytest.raises(ValueError):
             POLICY_SPEC.validate_python(body)
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+SERVED_CLASSES = [c for c in _subclasses(ExitPolicy) if c.__module__ == exit_policies.__name__]
+
+
+def test_the_coverage_check_sees_every_policy_class() -> None:
+    assert set(SERVED_CLASSES) == {BeemPolicy, MaxProbPolicy, EntropyPolicy, PatiencePolicy, StaticPolicy,
+                                   FullDepthPolicy}  # fmt: skip
+
+
+@pytest.mark.parametrize("policy_class", SERVED_CLASSES, ids=lambda c: c.__name__)
+def test_every_policy_class_is_covered_by_every_derived_piece(policy_class: type[ExitPolicy]) -> None:
+    """An `ExitPolicy` subclass of exit_policies.py with no table entry, or an entry some derived piece does not
+    know, fails here."""
+    assert policy_class in DEFINITION_OF_CLASS, f"{policy_class.__name__} has no entry in POLICY_TABLE"
+    for definition in (d for d in POLICY_TABLE.values() if d.policy_class is policy_class):
+        policy = definition.starting_point(START)
+        assert type(policy) is policy_class
+        assert definition_of_policy(policy).rule == definition.rule == RULE_OF_CLASS[policy_class]
+        assert definition.rule in SCORE_RULES, f"rule {definition.rule} of {definition.name} has no score"
+        assert definition.keeps <= {f.name for f in fields(RowStates)}
+        calibrated = policy.with_threshold(CALIBRATED_THRESHOLD[definition.name])
+        assert set(definition.row_parameters(calibrated)) <= {f.name for f in fields(RowPolicies)}
+        assert 1 <= earliest_exit_layer(calibrated, START.num_layers) <= START.num_layers
+        ceiling = threshold_ceiling(calibrated)
+        assert ceiling is None or ceiling >= 0
+
+
+def test_the_device_row_columns_hold_every_state_and_parameter_field() -> None:
+    columns = RowColumns(num_layers=4, num_labels=3)
+    assert set(columns.of) == {f.name for f in (*fields(RowStates), *fields(RowPolicies))}
+    spans = sorted((s.start, s.stop) for s in columns.of.values())
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), "columns overlap or leave a gap"
+    assert columns.of["weights"].stop - columns.of["weights"].start == 4
+
+
+@pytest.mark.parametrize(
+    ("policy", "ceiling"),
+    [
+        (BeemPolicy("beem-a", (0.5, 0.75, 1.0, 1.0), 2.0), 3.25),
+        (MaxProbPolicy(0.9), 1.0),
+        (EntropyPolicy(0.3), None),
+        (PatiencePolicy(2), None),
+        (StaticPolicy(2), None),
+        (FullDepthPolicy(), None),
+    ],
+)
+def test_threshold_ceilings_come_from_the_table(policy: ExitPolicy, ceiling: float | None) -> None:
+    assert threshold_ceiling(policy) == ceiling
+
+
+def test_a_policy_class_the_table_does_not_know_is_an_error_not_a_guess() -> None:
+    class Unknown(MaxProbPolicy):
+        pass
+
+    with pytest.raises(KeyError, match="Unknown is not in the policy table"):
+        earliest_exit_layer(Unknown(0.9), 4)
+
+
+def test_an_added_entry_must_be_new_and_agree_with_the_entries_of_its_class() -> None:
+    with pytest.raises(ValueError, match="already in the table"), policy_added(POLICY_TABLE["max-prob"]):
+        pass
+    clash = replace(POLICY_TABLE["beem-c"], name="beem-x", keeps=frozenset({"score"}))
+    with pytest.raises(ValueError, match="share a class"), policy_added(clash):
+        pass
+    assert "beem-x" not in POLICY_TABLE and DEFINITION_OF_CLASS[BeemPolicy].keeps == {"score", "previous_label"}

@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional
 
 from service.engine.abandoned_rows import CancellationWatch
-from service.engine.classify.device.row_table import RowTable
+from service.engine.classify.device.row_columns import RowColumns
 
 
 @dataclass(eq=False)  # a group is itself: never compared by its tensors
@@ -77,9 +77,9 @@ class DeviceGroup:
         self.mask = self.mask[:rows, :tokens]
         self.table = self.table[:rows]
 
-    def compact(self, table_layout: RowTable) -> None:
+    def compact(self, columns: RowColumns) -> None:
         """Rows in flight first (after the host marked dropped rows on the device)."""
-        order = torch.argsort((self.table[:, table_layout.DONE] != 0).to(torch.int32), stable=True)
+        order = torch.argsort((self.table[:, columns.DONE] != 0).to(torch.int32), stable=True)
         self.hidden, self.mask, self.table = self.hidden[order], self.mask[order], self.table[order]
 
 

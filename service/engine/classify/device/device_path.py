@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from beem.policies.array_policies import RowPolicies
-from beem.policies.earliest_exit import earliest_exit_layer
+from beem.policies.policy_table import earliest_exit_layer
 from service.engine.abandoned_rows import CancellationWatch, abandoned_fate
 from service.engine.classify.device.device_group import DeviceGroup, padded
 from service.engine.classify.device.device_step import DeviceStep
 from service.engine.classify.device.exit_savings import ExitSavings
 from service.engine.classify.device.packet_reader import Packet, PacketReader
-from service.engine.classify.device.row_table import DROPPED, RowTable
+from service.engine.classify.device.row_columns import DROPPED, RowColumns
 from service.engine.classify.device.step_buckets import StepBuckets
 from service.engine.classify.device.step_graphs import StepGraphs
 from service.engine.classify.group_selection import pick_group
@@ -71,10 +71,10 @@ class DevicePath:
         self.buckets = StepBuckets(options.buckets.rows, options.buckets.tokens,
                                    min(options.buckets.max_padded_tokens, setting.budget.max_batch_tokens))  # fmt: skip
         num_layers = bundle.num_layers
-        self.layout = RowTable(num_layers, bundle.model.num_labels)
-        self.graphs = StepGraphs(DeviceStep(bundle.model, self.layout), self.buckets, num_layers)
+        self.columns = RowColumns(num_layers, bundle.model.num_labels)
+        self.graphs = StepGraphs(DeviceStep(bundle.model, self.columns), self.buckets, num_layers)
         self.graphs.step.make_layer_values(num_layers, device)
-        self.reader = PacketReader(device, self.layout.width, max(self.buckets.rows))
+        self.reader = PacketReader(device, self.columns.width, max(self.buckets.rows))
         self.savings = ExitSavings(num_layers)
         self.groups: list[DeviceGroup] = []
         self._current: DeviceGroup | None = None  # the group the running step works on
@@ -93,7 +93,7 @@ class DevicePath:
         rows, tokens = self.buckets.rows[0], self.buckets.tokens[0]
         hidden = torch.zeros((rows, tokens, model.backbone.hidden_size), dtype=self.dtype, device=self.device)
         mask = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
-        table = self.layout.placeholders(rows, self.device)
+        table = self.columns.placeholders(rows, self.device)
         self.graphs.step.layer_only(1, hidden, mask, table)
         self.graphs.step.with_exit(1, hidden, mask, table)
         if self.device.type == "cuda" and self.options.compile_decisions:
@@ -110,7 +110,7 @@ class DevicePath:
         for rows, tokens in self.buckets.shapes():
             hidden = torch.zeros((rows, tokens, hidden_size), dtype=self.dtype, device=self.device)
             mask = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
-            table = self.layout.placeholders(rows, self.device)
+            table = self.columns.placeholders(rows, self.device)
             for kind in ("layer_only", "with_exit"):
                 if not self.graphs.has_graph(kind, 1, rows, tokens):
                     continue
@@ -185,8 +185,8 @@ class DevicePath:
         on_device = None if token_types is None else token_types.to(device, non_blocking=True)
         hidden = model.backbone.embed_hidden(ids.to(device, non_blocking=True), on_device)  # (n, T, H)
         first, *more = policies
-        table = self.layout.new_rows(first.cat(*more), torch.arange(count, device=device))
-        table = torch.cat((table, self.layout.placeholders(shape.rows - count, device)))
+        table = self.columns.new_rows(first.cat(*more), torch.arange(count, device=device))
+        table = torch.cat((table, self.columns.placeholders(shape.rows - count, device)))
         exit_layers = [earliest_exit_layer(item.policy, item.last_layer) for item in items]
         heads = [1 if item.policy.reads_exits or item.return_exits else exit_layers[i] for i, item in enumerate(items)]
         group = DeviceGroup(
@@ -198,7 +198,7 @@ class DevicePath:
             watch=CancellationWatch(cancellations), shadow_only=only_shadow_rows(items),
         )  # fmt: skip
         if self._exits_would_not_pay(group, items, shape.rows, shape.tokens):
-            group.table = self.layout.as_full_depth(group.table)
+            group.table = self.columns.as_full_depth(group.table)
             group.full_depth = True
             group.head_from = group.exit_from = min(
                 item.last_layer if item.policy.reads_exits else layer
@@ -287,12 +287,12 @@ class DevicePath:
         group.live -= len(slots)
         by_slot = torch.zeros(len(group.items), dtype=torch.bool)  # (N,) True for the slots dropped now
         by_slot[slots] = True
-        row_ids = group.table[:, self.layout.ROW_ID].long()  # (R,) -1 for placeholders
+        row_ids = group.table[:, self.columns.ROW_ID].long()  # (R,) -1 for placeholders
         dropped = by_slot.to(self.device, non_blocking=True)[row_ids.clamp(min=0)] & (row_ids >= 0)  # (R,)
-        done = group.table[:, self.layout.DONE]
+        done = group.table[:, self.columns.DONE]
         group.table = group.table.clone()
-        group.table[:, self.layout.DONE] = torch.where(dropped, DROPPED, done)
-        group.compact(self.layout)
+        group.table[:, self.columns.DONE] = torch.where(dropped, DROPPED, done)
+        group.compact(self.columns)
 
     # -- reading a packet: the rows that left are answered ---------------------------------------------------
 
@@ -309,12 +309,12 @@ class DevicePath:
     def _hand_back_left(self, group: DeviceGroup, table: np.ndarray) -> None:
         """The rows of a read packet (R, K) that left and that the host has not seen leave yet: out of the group,
         into the exit statistics, and handed back with what their answers need."""
-        t = self.layout
-        done = table[:, t.DONE]
+        c = self.columns  # the column layout
+        done = table[:, c.DONE]
         left = np.flatnonzero(done > 0)
         if not len(left):
             return
-        slots = table[left, t.ROW_ID].astype(np.int64)
+        slots = table[left, c.ROW_ID].astype(np.int64)
         fresh = np.fromiter((group.items[slot] is not None for slot in slots), dtype=bool, count=len(slots))
         rows, slots = left[fresh], slots[fresh]
         if not len(rows):
@@ -330,11 +330,11 @@ class DevicePath:
         wants_distribution = any(item.wants_distribution for item in items)
         returns_exits = any(item.return_exits for item in items)
         self.setting.exits.answered(LeftRows(
-            rows=items, layers=layers, labels=table[rows, t.LABEL].astype(np.int64).tolist(),
-            scores=table[rows, t.CONFIDENCE].tolist(),
-            logits=torch.from_numpy(table[rows][:, t.logits]).float() if wants_distribution else None,  # float32 values
-            trace_labels=table[rows][:, t.trace_labels].astype(np.int64).tolist() if returns_exits else None,
-            trace_confidences=table[rows][:, t.trace_confidences].tolist() if returns_exits else None,
+            rows=items, layers=layers, labels=table[rows, c.LABEL].astype(np.int64).tolist(),
+            scores=table[rows, c.CONFIDENCE].tolist(),
+            logits=torch.from_numpy(table[rows][:, c.logits]).float() if wants_distribution else None,  # float32 values
+            trace_labels=table[rows][:, c.trace_labels].astype(np.int64).tolist() if returns_exits else None,
+            trace_confidences=table[rows][:, c.trace_confidences].tolist() if returns_exits else None,
         ))  # fmt: skip
         if not group.shadow_only:  # requests' rows left early and shadow rows ran on: the group waits for the others
             group.shadow_only = only_shadow_rows(group.items)
@@ -363,13 +363,13 @@ class DevicePath:
             width = min(group.width, tokens)
             hidden, mask = group.hidden[: group.live, :width], group.mask[: group.live, :width]
             table = group.table[: group.live].clone()
-            table[:, self.layout.ROW_ID] += shift
+            table[:, self.columns.ROW_ID] += shift
             parts.append((padded(hidden, group.live, tokens), padded(mask, group.live, tokens), table))
         live = first.live + second.live
         hidden = padded(torch.cat([p[0] for p in parts]), rows, tokens)
         mask = padded(torch.cat([p[1] for p in parts]), rows, tokens)
         mask[live:, 0] = 1
-        table = torch.cat([*(p[2] for p in parts), self.layout.placeholders(rows - live, self.device)])
+        table = torch.cat([*(p[2] for p in parts), self.columns.placeholders(rows - live, self.device)])
         merged = DeviceGroup(
             hidden=hidden, mask=mask, table=table, items=np.concatenate((first.items, second.items)),
             lengths=np.concatenate((first.lengths, second.lengths)),

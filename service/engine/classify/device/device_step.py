@@ -1,14 +1,15 @@
 """One layer step of the GPU path as a pure function of fixed-shape tensors, so a CUDA graph can capture it
 (`step_graphs.py`) and the CPU can run the very same code eagerly (tests).
 
-A group is (hidden (R, T, H), padding mask (R, T), row table (R, K), `row_table.py`). Two kinds of step:
+A group is (hidden (R, T, H), padding mask (R, T), row table (R, K), `row_columns.py`). Two kinds of step:
 - `layer_only`: the layer, for groups whose rows need no exit head here (depth-only rows before the layer they
   leave at). Every row is depth-only, so its state is its depth.
 - `with_exit`: the layer, the exit head, the array-form decision for every row, the answers of the rows that
   leave written into their table rows (label, confidence, logits, exit layer), and compaction: a stable sort puts
   the rows still in flight first, so the host can later cut the group to a smaller bucket with a slice. No index
   is built on the host and nothing is read back here: that is the packet reader's one copy.
-Nothing here may synchronise with the host (tests/engine/test_device_path.py runs it under CUDA's sync debug mode).
+Nothing here may synchronise with the host (tests/engine/classify/device/test_device_path.py runs it under CUDA's
+sync debug mode).
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import torch
 from beem.model.layerwise_backbone import mean_pool_weights
 from beem.model.multi_exit_model import MultiExitModel
 from beem.policies.array_policies import ExitObservations, decide
-from service.engine.classify.device.row_table import IN_FLIGHT, RowTable
+from service.engine.classify.device.row_columns import IN_FLIGHT, RowColumns
 
 log = logging.getLogger(__name__)
 
 
 class DeviceStep:
-    def __init__(self, model: MultiExitModel, table: RowTable) -> None:
+    def __init__(self, model: MultiExitModel, columns: RowColumns) -> None:
         self.model = model
-        self.table = table
+        self.columns = columns
         self.decide: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
         self.decide = self.decide_rows
         self._layer_values: dict[int, torch.Tensor] = {}
@@ -67,10 +68,10 @@ class DeviceStep:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer `layer` (1-based) on depth-only rows: new hidden (R, T, H) and table (R, K)."""
         hidden = self._layer(layer, hidden, mask)
-        t = self.table
+        seen, score = self.columns.column("layers_seen"), self.columns.column("score")
         table = table.clone()
-        table[:, t.SEEN] += 1.0
-        table[:, t.SCORE] = table[:, t.SEEN]  # a depth-only row's score is its depth (`RowStates.after_skipped_heads`)
+        table[:, seen] += 1.0
+        table[:, score] = table[:, seen]  # a depth-only row's score is its depth (`RowStates.after_skipped_heads`)
         return hidden, table
 
     def with_exit(
@@ -93,7 +94,7 @@ class DeviceStep:
     def _numbers(self, device: torch.device) -> torch.Tensor:
         """1..L on the device, made once (not a new tensor in every step's decision)."""
         if self._layer_numbers is None:
-            count = self.table.num_layers
+            count = self.columns.num_layers
             self._layer_numbers = torch.arange(1, count + 1, device=device, dtype=torch.float64)
         return self._layer_numbers
 
@@ -112,26 +113,24 @@ class DeviceStep:
         (R, C): the new table (R, K) and the order (R,) that puts the rows still in flight first. Elementwise work
         on a few hundred numbers in about fifty small kernels: `compile_decisions` fuses them (torch.compile),
         where the backend allows."""
-        t = self.table
+        c = self.columns  # the column layout
         observed = ExitObservations.from_logits(logits, with_entropy=True)
-        folded, exits = decide(t.states(table), observed, t.policies(table))
-        in_flight = table[:, t.DONE] == IN_FLIGHT  # (R,)
+        folded, exits = decide(c.states(table), observed, c.policies(table))
+        in_flight = table[:, c.DONE] == IN_FLIGHT  # (R,)
         leaving = exits & in_flight
         labels = observed.labels.double()
         new = table.clone()
-        # Kept for rows in flight: the policy state (R, 4), and this exit in the trace (R, L) at the layer's column.
-        state = torch.stack((folded.score, folded.previous_label.double(), folded.agreeing_run.double(),
-                             folded.layers_seen.double()), dim=1)  # fmt: skip
-        state_columns = [t.SCORE, t.PREVIOUS, t.RUN, t.SEEN]
-        new[:, state_columns] = torch.where(in_flight[:, None], state, table[:, state_columns])
+        # Kept for rows in flight: the policy state (R, S), and this exit in the trace (R, L) at the layer's column.
+        states = c.states_columns
+        new[:, states] = torch.where(in_flight[:, None], c.packed_states(folded), table[:, states])
         this_layer = self._numbers(table.device) == layer  # (L,)
         traced = in_flight[:, None] & this_layer[None, :]  # (R, L)
-        new[:, t.trace_labels] = torch.where(traced, labels[:, None], table[:, t.trace_labels])
-        new[:, t.trace_confidences] = torch.where(traced, observed.confidences[:, None], table[:, t.trace_confidences])
+        new[:, c.trace_labels] = torch.where(traced, labels[:, None], table[:, c.trace_labels])
+        new[:, c.trace_confidences] = torch.where(traced, observed.confidences[:, None], table[:, c.trace_confidences])
         # Written for rows that leave: the answer. (R, 3 + C)
         answer = torch.cat((layer.expand(labels.shape)[:, None], labels[:, None], observed.confidences[:, None],
                             logits.float().double()), dim=1)  # fmt: skip
-        answer_columns = [t.DONE, t.LABEL, t.CONFIDENCE, *range(t.logits.start, t.logits.stop)]
+        answer_columns = [c.DONE, c.LABEL, c.CONFIDENCE, *range(c.logits.start, c.logits.stop)]
         new[:, answer_columns] = torch.where(leaving[:, None], answer, table[:, answer_columns])
-        order = torch.argsort((new[:, t.DONE] != IN_FLIGHT).to(torch.int32), stable=True)  # (R,) in flight first
+        order = torch.argsort((new[:, c.DONE] != IN_FLIGHT).to(torch.int32), stable=True)  # (R,) in flight first
         return new, order

@@ -65,7 +65,7 @@ class StepGraphs:
             inputs = _StaticInputs(
                 hidden=torch.zeros((rows, tokens, hidden_size), dtype=dtype, device=device),
                 mask=torch.ones((rows, tokens), dtype=torch.long, device=device),
-                table=self.step.table.placeholders(rows, device),
+                table=self.step.columns.placeholders(rows, device),
             )
             self._inputs[(rows, tokens)] = inputs
             for layer in range(1, self.num_layers + 1):

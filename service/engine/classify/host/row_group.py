@@ -21,7 +21,7 @@ from torch.nn import functional
 
 from beem.model.layerwise_backbone import EncoderState, LayerwiseBackbone
 from beem.policies.array_policies import RowPolicies, RowStates
-from beem.policies.policy_table import ArrayRule
+from beem.policies.policy_table import rules_read_entropy
 from service.engine.abandoned_rows import CancellationWatch
 from service.engine.queued_row import only_shadow_rows
 
@@ -37,7 +37,7 @@ class RowGroup:
     lengths: np.ndarray  # (R,) int64: tokens per row
     deadlines: np.ndarray  # (R,) float64: time.monotonic() deadlines
     head_from: np.ndarray  # (R,) int64: the first layer whose exit head this row needs (1: every layer)
-    rule_codes: np.ndarray  # (R,) int64: each row's ArrayRule
+    rule_codes: np.ndarray  # (R,) int64: each row's rule code
     oldest_at: float  # when its oldest row joined the engine
     watch: CancellationWatch  # when its rows were last searched for cancelled ones
     states_layers: int = 0  # the exits `states` has folded in (< depth after skipped heads)
@@ -48,7 +48,7 @@ class RowGroup:
     def __post_init__(self) -> None:
         self.next_head_layer = int(self.head_from.min())
         self.earliest_deadline = float(self.deadlines.min())
-        self.rules = frozenset(ArrayRule(code) for code in np.unique(self.rule_codes).tolist())  # among its rows
+        self.rules: frozenset[int] = frozenset(np.unique(self.rule_codes).tolist())  # among its rows
 
     @property
     def depth(self) -> int:
@@ -64,7 +64,7 @@ class RowGroup:
 
     @property
     def reads_entropy(self) -> bool:
-        return ArrayRule.ENTROPY in self.rules
+        return rules_read_entropy(self.rules)
 
     def current_states(self) -> RowStates:
         """The states after every layer run so far. Heads are skipped only while every row is depth-only (no

@@ -21,7 +21,7 @@ from beem.calibration.agreement_levels import AgreementLevels, agreement_levels
 from beem.calibration.exit_cache import ExitCache
 from beem.calibration.threshold_search import DEFAULT_ACCURACY_BUDGET
 from beem.captioning.caption_bundle import LoadedCaptionBundle
-from beem.policies.exit_policies import BeemPolicy, MaxProbPolicy
+from beem.policies.policy_table import threshold_ceiling
 from service.captioning import CaptionService, ReadyCaptioner
 from service.classification import ClassificationService, ReadyClassifier
 from service.engine.admission_queue import AdmissionLimits, AdmissionQueue
@@ -169,16 +169,14 @@ def controlled_policy(
     version: ServedVersion, levels: dict[str, AgreementLevels], budget: float, settings: ServerSettings
 ) -> ControlledPolicy | None:
     """Online control of the default policy's threshold, within [lowest share x calibrated, the threshold past
-    which nothing leaves early]. Only BEEM's alpha and max-prob's threshold are controlled: their thresholds are
-    positive scores, so shares of them mean something."""
+    which nothing leaves early]. Only policies whose table entry has a threshold ceiling are controlled (BEEM's
+    alpha, max-prob's threshold: positive scores, so shares of them mean something)."""
     name = version.manifest.default_policy
     policy = version.live_policies.view[name]
-    if isinstance(policy, BeemPolicy):
-        ceiling = sum(policy.weights)  # S never passes the sum of the weights
-    elif isinstance(policy, MaxProbPolicy):
-        ceiling = 1.0
-    else:
-        log.warning("model %s: online control needs a BEEM or max-prob default policy, not %s", version.name, name)
+    ceiling = threshold_ceiling(policy)
+    if ceiling is None:
+        log.warning("model %s: online control needs a default policy with a threshold ceiling (BEEM, max-prob), "
+                    "not %s", version.name, name)  # fmt: skip
         return None
     calibrated = policy.threshold
     if not math.isfinite(calibrated) or calibrated <= 0:

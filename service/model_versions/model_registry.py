@@ -19,7 +19,7 @@ from pathlib import Path
 
 from beem.bundle.manifest import MANIFEST_FILE, BundleError, read_manifest, resolve_bundle_dir
 from service.errors import ModelNotFoundError, NotReadyError
-from service.models.served_version import ServedVersion, VersionStatus, start_version
+from service.model_versions.served_version import ServedVersion, VersionStatus, start_version
 from service.settings import ServerSettings
 
 

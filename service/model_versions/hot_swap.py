@@ -24,8 +24,8 @@ from pathlib import Path
 
 from beem.bundle.manifest import BundleError, read_manifest
 from service.metrics import ServerMetrics
-from service.models.model_registry import ModelRegistry, ServedModel
-from service.models.served_version import ServedVersion, VersionStatus, start_version
+from service.model_versions.model_registry import ModelRegistry, ServedModel
+from service.model_versions.served_version import ServedVersion, VersionStatus, start_version
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
