@@ -33,8 +33,9 @@ def _server(tree: Path) -> ServerProcess:
 
 
 def _loadtest(url: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    command = [sys.executable, "-m", "loadtest.cli", "--url", url, "--policies", args.policies, "--concurrency",
-               str(args.concurrency), "--duration", str(args.duration), "--rounds", "1", "--json"]  # fmt: skip
+    command = [sys.executable, "-m", "service.cli", "loadtest", "--url", url, "--policies", args.policies,
+               "--concurrency", str(args.concurrency), "--duration", str(args.duration), "--rounds", "1",
+               "--json"]  # fmt: skip
     output = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO_ROOT).stdout)
     return {name: {key: float(policy[key] or 0.0) for key in ("throughput_rps", "p50_ms", "p95_ms")}
             for name, policy in output["policies"].items()}  # fmt: skip
