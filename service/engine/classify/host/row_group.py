@@ -33,7 +33,7 @@ class RowGroup:
     policies: RowPolicies  # (R,) exit parameters
     traces: tuple[torch.Tensor, torch.Tensor] | None  # (R, L) labels and confidences of every computed exit, kept
     # only while some row returns its exits
-    items: np.ndarray  # (R,) object: the WorkItems
+    items: np.ndarray  # (R,) object: the TokenizedRows
     lengths: np.ndarray  # (R,) int64: tokens per row
     deadlines: np.ndarray  # (R,) float64: time.monotonic() deadlines
     head_from: np.ndarray  # (R,) int64: the first layer whose exit head this row needs (1: every layer)
