@@ -30,4 +30,4 @@ def choose_policy(manifest: Manifest, calibrated: Mapping[str, ExitPolicy], spec
     if not overrides:
         return ChosenPolicy(calibrated[name], name)
     params = {**manifest.policies[name].params, **overrides}
-    return ChosenPolicy(build_policy(name, params, manifest.num_layers), name)
+    return ChosenPolicy(build_policy(name, params, manifest.num_layers, len(manifest.labels)), name)

@@ -100,7 +100,7 @@ def _request_model(definition: PolicyDefinition) -> type[PolicyRequest]:
     for parameter in definition.request_parameters:
         low = parameter.low if math.isfinite(parameter.low) else None
         high = parameter.high if math.isfinite(parameter.high) else None
-        kind = int if parameter.kind == "whole" else float
+        kind = {"whole": int, "flag": bool}.get(parameter.kind, float)
         fields[parameter.name] = (kind | None, Field(None, description=parameter.description, ge=low, le=high))
     title = "".join(part.capitalize() for part in definition.name.split("-")) + "Policy"
     return create_model(title, __base__=PolicyRequest, **fields)

@@ -94,7 +94,7 @@ def calibrated_policies(manifest: Manifest) -> dict[str, ExitPolicy]:
     """The manifest's policies with their calibrated parameters (any task)."""
     try:
         return {
-            name: build_policy(name, dict(entry.params), manifest.num_layers)
+            name: build_policy(name, dict(entry.params), manifest.num_layers, len(manifest.labels))
             for name, entry in manifest.policies.items()
         }
     except (PolicyParameterError, KeyError, TypeError) as error:

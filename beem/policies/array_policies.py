@@ -29,8 +29,8 @@ from beem.policies.exit_policies import ExitPolicy
 from beem.policies.policy_table import DEFINITION_OF_CLASS, ArrayRule, rules_keeping
 
 NO_LABEL = -1  # previous_label of a row that has seen no exit yet
-NEUTRAL_ROW_PARAMETERS: dict[str, object] = {"count_first_exit": True, "restart_on_disagree": True}  # and zero
-# weights: the per-row parameters of a policy whose rule does not read them
+# The per-row parameters of a policy whose rule does not read them (and zero weights).
+NEUTRAL_ROW_PARAMETERS: dict[str, object] = {"count_first_exit": True, "restart_on_disagree": True, "chance": 0.0}
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class RowPolicies(_Rows):
     weights: torch.Tensor  # (R, L) float64: BEEM's w_1..w_L (zeros for other rules)
     count_first_exit: torch.Tensor  # (R,) bool: BEEM's first exit adds w_1*C_1 (else 0)
     restart_on_disagree: torch.Tensor  # (R,) bool: BEEM's disagreement restarts at w_i*C_i (else 0)
+    chance: torch.Tensor  # (R,) float64: BEEM's vote counts (C - chance) / (1 - chance); 0 for the plain C
     last_layer: torch.Tensor  # (R,) int64: the deepest layer the row may run, 1-based
 
     @classmethod
@@ -120,6 +121,8 @@ class RowPolicies(_Rows):
             restart_on_disagree=torch.tensor(
                 column("restart_on_disagree", NEUTRAL_ROW_PARAMETERS["restart_on_disagree"]), dtype=torch.bool,
                 device=device),
+            chance=torch.tensor(column("chance", NEUTRAL_ROW_PARAMETERS["chance"]), dtype=torch.float64,
+                                device=device),
             last_layer=torch.tensor(list(last_layers), dtype=torch.int64, device=device),
         )  # fmt: skip
 
@@ -177,7 +180,8 @@ def _beem_score(step: FoldStep) -> torch.Tensor:
     assert step.agree is not None
     first = states.previous_label == NO_LABEL
     weight = policies.weights.gather(1, states.layers_seen.unsqueeze(1)).squeeze(1)  # (R,) w_i, this exit
-    contribution = weight * step.observed.confidences
+    vote = (step.observed.confidences - policies.chance) / (1.0 - policies.chance)  # C itself where chance is 0
+    contribution = weight * vote
     keeps_contribution = torch.where(first, policies.count_first_exit, policies.restart_on_disagree)
     return torch.where(step.agree, states.score + contribution, torch.where(keeps_contribution, contribution, 0.0))
 

@@ -91,26 +91,44 @@ class ExitPolicy(ABC):
 
 @dataclass(frozen=True)
 class BeemPolicy(ExitPolicy):
-    """BEEM (DESIGN 3.1). `reset="restart"` restarts a disagreement at w_i*C_i (the paper), "zero" at 0 (its code)."""
+    """BEEM (DESIGN 3.1). `reset="restart"` restarts a disagreement at w_i*C_i (the paper), "zero" at 0 (its code).
+
+    `vote_above_chance` counts each exit's confidence above chance, (C - 1/K) / (1 - 1/K) for K labels (DESIGN
+    3.1's variant): a binary exit at C = 0.6 is barely a vote, while C = 0.6 of five labels is a strong one, and
+    the plain C weighs both the same. `num_labels` is the model's K, kept only when the vote is on (0 otherwise)."""
 
     name: str
     weights: tuple[float, ...]  # w_1..w_L
     alpha: float
     count_first_exit: bool = True
     reset: str = "restart"
+    vote_above_chance: bool = False
+    num_labels: int = 0
 
     def __post_init__(self) -> None:
         if self.reset not in RESET_MODES:
             raise ValueError(f"reset must be one of {RESET_MODES}, got {self.reset!r}")
         if not self.weights or any(w < 0 for w in self.weights):
             raise ValueError("BEEM weights must be a non-empty list of non-negative numbers")
+        if self.vote_above_chance and self.num_labels < 2:
+            raise ValueError(f"the vote above chance needs the model's number of labels (>= 2), got {self.num_labels}")
+
+    @property
+    def chance(self) -> float:
+        """The confidence that counts as no vote: 1/K with the vote above chance, else 0 (the plain confidence)."""
+        return 1.0 / self.num_labels if self.vote_above_chance else 0.0
+
+    def vote(self, confidence: float) -> float:
+        """What an exit's confidence adds before its weight; the array form computes the same ops in float64."""
+        chance = self.chance
+        return (confidence - chance) / (1.0 - chance)
 
     @property
     def threshold(self) -> float:
         return self.alpha
 
     def next_score(self, state: PolicyState, observation: ExitObservation) -> float:
-        contribution = self.weights[state.layers_seen] * observation.confidence
+        contribution = self.weights[state.layers_seen] * self.vote(observation.confidence)
         if state.previous_label is None:
             return contribution if self.count_first_exit else 0.0
         if observation.label == state.previous_label:
@@ -126,6 +144,7 @@ class BeemPolicy(ExitPolicy):
             "weights": list(self.weights),
             "count_first_exit": self.count_first_exit,
             "reset": self.reset,
+            "vote_above_chance": self.vote_above_chance,
         }
 
 

@@ -91,6 +91,8 @@ class CalibrationStart:
     exit_accuracies: tuple[float, ...]  # per exit, on the calibration split
     count_first_exit: bool = True
     reset: str = "restart"
+    vote_above_chance: bool = False
+    num_labels: int = 0  # the model's labels (the vote above chance needs them); 0: not known
 
 
 StateField = Literal["score", "previous_label", "agreeing_run"]  # `RowStates` fields beyond `layers_seen`, which
@@ -109,7 +111,7 @@ class PolicyDefinition:
     policy_class: type[ExitPolicy]  # the per-sample reference (exit_policies.py); classes may serve several names
     rule: int  # the array rule's code (an `ArrayRule` for the built-in ones)
     parameters: tuple[PolicyParameter, ...]
-    make: Callable[[Mapping[str, object]], ExitPolicy]  # from validated parameter values
+    make: Callable[[Mapping[str, object]], ExitPolicy]  # from validated parameter values (and NUM_LABELS)
     starting_point: Callable[[CalibrationStart], ExitPolicy]  # the uncalibrated policy (threshold a placeholder)
     earliest_exit: Callable[[Any, int], int]  # (policy, last layer) -> the first 1-based layer a row could leave
     # at (earliest_exit.py)
@@ -124,6 +126,9 @@ class PolicyDefinition:
     @property
     def request_parameters(self) -> tuple[PolicyParameter, ...]:
         return tuple(p for p in self.parameters if p.per_request)
+
+
+NUM_LABELS = "num_labels"  # beside the parameters `make` gets: the model's, not a user's
 
 
 def _alpha(description: str) -> PolicyParameter:
@@ -142,7 +147,12 @@ BEEM_OPTIONS = (
         default="restart",
         choices=RESET_MODES,
     ),
-)
+    PolicyParameter(
+        "vote_above_chance", "flag",
+        "each exit votes its confidence above chance, (C - 1/K) / (1 - 1/K) for K labels, not C", default=False,
+        per_request=True,
+    ),
+)  # fmt: skip
 
 
 def _beem_entry(name: str, summary: str, weights: Callable[[CalibrationStart], tuple[float, ...]]) -> PolicyDefinition:
@@ -159,19 +169,32 @@ def _beem(name: str) -> Callable[[Mapping[str, object]], ExitPolicy]:
     def make(values: Mapping[str, object]) -> ExitPolicy:
         weights = values["weights"]
         assert isinstance(weights, tuple)
+        vote = bool(values["vote_above_chance"])
+        num_labels = int(values[NUM_LABELS])  # type: ignore[call-overload]
+        if vote and num_labels < 2:
+            raise PolicyParameterError("'vote_above_chance' needs a model with at least two labels")
         return BeemPolicy(name, weights, float(values["alpha"]),  # type: ignore[arg-type]
-                          bool(values["count_first_exit"]), str(values["reset"]))  # fmt: skip
+                          bool(values["count_first_exit"]), str(values["reset"]), vote,
+                          num_labels if vote else 0)  # fmt: skip
 
     return make
 
 
 def _beem_row_parameters(policy: BeemPolicy) -> Mapping[str, object]:
     return {"weights": policy.weights, "count_first_exit": policy.count_first_exit,
-            "restart_on_disagree": policy.reset == "restart"}  # fmt: skip
+            "restart_on_disagree": policy.reset == "restart", "chance": policy.chance}  # fmt: skip
 
 
 def _beem_start(name: str, weights: Callable[[CalibrationStart], tuple[float, ...]]) -> Callable[..., ExitPolicy]:
-    return lambda start: BeemPolicy(name, weights(start), math.inf, start.count_first_exit, start.reset)
+    return lambda start: BeemPolicy(
+        name,
+        weights(start),
+        math.inf,
+        start.count_first_exit,
+        start.reset,
+        start.vote_above_chance,
+        start.num_labels if start.vote_above_chance else 0,
+    )
 
 
 POLICY_TABLE: dict[str, PolicyDefinition] = {
@@ -342,9 +365,10 @@ def definition_of(name: str) -> PolicyDefinition:
     return definition
 
 
-def build_policy(name: str, params: Mapping[str, object], num_layers: int) -> ExitPolicy:
+def build_policy(name: str, params: Mapping[str, object], num_layers: int, num_labels: int = 0) -> ExitPolicy:
     """A policy from its name and parameters (a manifest's, or a request's merged over them), validated against
-    the table; raises PolicyParameterError with a readable message."""
+    the table, for a model of `num_layers` exits and `num_labels` labels (0: not known, as for a captioner);
+    raises PolicyParameterError with a readable message."""
     definition = definition_of(name)
     known = {parameter.name for parameter in definition.parameters}
     unknown = sorted(set(params) - known)
@@ -356,6 +380,7 @@ def build_policy(name: str, params: Mapping[str, object], num_layers: int) -> Ex
         if raw is None:
             raise PolicyParameterError(f"parameter {parameter.name!r} is required")
         values[parameter.name] = _value(parameter, raw, num_layers)
+    values[NUM_LABELS] = num_labels
     return definition.make(values)
 
 

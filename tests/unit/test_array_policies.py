@@ -68,7 +68,9 @@ def row_policy(draw: st.DrawFn, num_layers: int, row: list[ExitObservation], kin
     if kind in ("beem-a", "beem-c"):
         weights = tuple(draw(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.8, 1.0]) | st.floats(0, 2),
                                       min_size=num_layers, max_size=num_layers)))  # fmt: skip
-        policy = BeemPolicy(kind, weights, 0.0, draw(st.booleans()), draw(st.sampled_from(["restart", "zero"])))
+        vote = draw(st.booleans())  # the vote above chance, for a model of 2-5 labels
+        policy = BeemPolicy(kind, weights, 0.0, draw(st.booleans()), draw(st.sampled_from(["restart", "zero"])),
+                            vote, draw(st.integers(2, 5)) if vote else 0)  # fmt: skip
     elif kind == "max-prob":
         policy = MaxProbPolicy(0.0)
     elif kind == "entropy":

@@ -24,6 +24,8 @@ from beem.policies.exit_policies import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIG1_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(1, 13))  # 0.1, 0.2, ..., 1.2 (paper Fig. 1, L = 12)
 W4 = (0.25, 0.5, 0.75, 1.0)
+VOTE_2 = {"vote_above_chance": True, "num_labels": 2}
+VOTE_5 = {"vote_above_chance": True, "num_labels": 5}
 
 
 def obs(label: int, confidence: float = 0.5, entropy: float = 0.5) -> ExitObservation:
@@ -95,8 +97,22 @@ def test_figure1_exit_layers(policy: ExitPolicy, expected_layer: int) -> None:
         ([2, 2, 1, 1], [1.0, 1.0, 0.2, 0.9], {}, [0.25, 0.75, 0.15, 1.05]),
         # disagreement with the immediate predecessor only (label returns to an older value)
         ([3, 4, 3, 3], [0.4, 0.4, 0.4, 0.4], {}, [0.1, 0.2, 0.3, 0.7]),
+        # the vote above chance, two labels: (C - 0.5) / 0.5 = 0.6, 0.2, 0.5, 0.0 before the weights
+        ([0, 0, 0, 0], [0.8, 0.6, 0.75, 0.5], VOTE_2, [0.15, 0.25, 0.625, 0.625]),
+        # five labels: (C - 0.2) / 0.8 = 0.5, 0.5, 1.0, 0.0
+        ([0, 0, 0, 0], [0.6, 0.6, 1.0, 0.2], VOTE_5, [0.125, 0.375, 1.125, 1.125]),
     ],
-    ids=["agree", "disagree-restart", "disagree-zero", "no-first-agree", "no-first-zero", "switch-run", "a-b-a"],
+    ids=[
+        "agree",
+        "disagree-restart",
+        "disagree-zero",
+        "no-first-agree",
+        "no-first-zero",
+        "switch-run",
+        "a-b-a",
+        "vote-2",
+        "vote-5",
+    ],
 )
 def test_beem_score_trajectory(
     labels: list[int], confidences: list[float], kwargs: dict[str, object], expected: list[float]

@@ -76,10 +76,20 @@ def test_names_and_rules_are_the_tables() -> None:
         ("patience", {"patience": 2}, PatiencePolicy(2)),
         ("patience", {"patience": "inf"}, PatiencePolicy(math.inf)),
         ("static", {"layer": 4}, StaticPolicy(4)),
+        ("beem-c", {**BEEM_PARAMS, "vote_above_chance": True},
+         BeemPolicy("beem-c", (0.1, 0.2, 0.3, 0.4), 1.0, vote_above_chance=True, num_labels=5)),
+        ("beem-c", {**BEEM_PARAMS, "vote_above_chance": False}, BeemPolicy("beem-c", (0.1, 0.2, 0.3, 0.4), 1.0)),
     ],
 )  # fmt: skip
 def test_valid_parameters_build(name: str, params: dict[str, object], expected: object) -> None:
-    assert build_policy(name, params, 4) == expected
+    assert build_policy(name, params, 4, num_labels=5) == expected
+
+
+def test_the_vote_above_chance_needs_the_models_labels() -> None:
+    with pytest.raises(PolicyParameterError, match="at least two labels"):
+        build_policy("beem-a", {**BEEM_PARAMS, "vote_above_chance": True}, 4)  # a captioner's: not known
+    with pytest.raises(PolicyParameterError, match="true or false"):
+        build_policy("beem-a", {**BEEM_PARAMS, "vote_above_chance": 1}, 4, num_labels=2)
 
 
 @pytest.mark.parametrize(
@@ -125,6 +135,8 @@ def test_invalid_parameters_are_refused_with_a_reason(name: str, params: dict[st
         ({"name": "patience", "patience": 2.5}, False),
         ({"name": "static", "layer": 0}, False),
         ({"name": "full"}, True),
+        ({"name": "beem-c", "vote_above_chance": True}, True),  # a request may choose the vote above chance
+        ({"name": "max-prob", "vote_above_chance": True}, False),  # BEEM's option only
         ({"name": "full", "alpha": 1}, False),
         ({"name": "nope"}, False),
     ],
