@@ -91,6 +91,18 @@ def _headline(result: dict[str, Any]) -> dict[str, float]:
     return {key: result[key] for key in ("accuracy", "mean_exit_layer", "layer_speedup")}
 
 
+def policy_entry(calibrated: dict[str, Any], tested: dict[str, Any] | None) -> dict[str, Any]:
+    """A manifest policy record: params and headline numbers (no test numbers when there is no test split, as for
+    a recalibration from unlabeled texts), and the "ltt" rule's guarantee where there is one (the server shows it
+    and online control takes its target from it)."""
+    entry = {"params": calibrated["params"], "calibration": _headline(calibrated)}
+    if tested is not None:
+        entry["test"] = _headline(tested)
+    if "guarantee" in calibrated:
+        entry["guarantee"] = calibrated["guarantee"]
+    return entry
+
+
 def _cached_exits(path: Path, compute: Any) -> ExitCache:
     if path.is_file():
         return ExitCache.load(path)
@@ -131,7 +143,7 @@ def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
         run_dir / "exits_test.safetensors", lambda: compute_exit_cache(model, tokenizer, splits.test, max_length)
     )
     options = preset.calibration
-    calibrated = calibrate_policies(calibration_cache, options)
+    calibrated = calibrate_policies(calibration_cache, options, num_labels=len(dataset.label_names))
     calibration = calibration_json(calibration_cache, options, calibrated)
     test_result = evaluate_policies(test_cache, {name: entry.policy for name, entry in calibrated.items()})
     manifest_fields = {
@@ -150,11 +162,7 @@ def build(preset: BuildPreset, store_dir: Path, run_dir: Path) -> Path:
         "weights": {"dtype": preset.storage_dtype},
         "default_policy": default_policy_name(preset.default_policy, calibration, options),
         "policies": {
-            name: {
-                "params": calibration["policies"][name]["params"],  # type: ignore[index]
-                "calibration": _headline(calibration["policies"][name]),  # type: ignore[index]
-                "test": _headline(test_result["policies"][name]),
-            }
+            name: policy_entry(calibration["policies"][name], test_result["policies"][name])  # type: ignore[index]
             for name in calibrated
         },
         "calibration": asdict(options),

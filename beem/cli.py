@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -15,6 +15,9 @@ from beem.builder import build, file_sha256
 from beem.bundle.bundle_reader import load_bundle
 from beem.bundle.manifest import BundleError, Manifest, read_manifest, resolve_bundle_dir
 from beem.calibration.exit_cache import compute_exit_cache
+from beem.calibration.learn_then_test import RISKS
+from beem.calibration.policy_calibration import CalibrationOptions
+from beem.calibration.threshold_search import SELECTION_RULES
 from beem.captioning.caption_builder import build_captioner_bundle, split_token_cache
 from beem.captioning.caption_bundle import load_caption_bundle
 from beem.captioning.caption_data import load_caption_items, source_from_provenance, split_images
@@ -29,7 +32,8 @@ from beem.data.splits import SPLIT_NAMES, split_dataset
 from beem.evaluation import evaluate_policies
 from beem.model.exit_heads import HEAD_DESIGNS
 from beem.model.pretrained_backbones import BackboneNotFoundError
-from beem.presets import PRESETS, get_preset, with_training
+from beem.presets import PRESETS, get_preset, with_calibration, with_training
+from beem.recalibration import recalibrate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO_ROOT / "model_store"
@@ -40,6 +44,7 @@ TRAINING_FLAGS = {name: name for name in ("epochs", "seed", "max_steps_per_epoch
                                           "distillation_temperature", "head_learning_rate_scale")}  # fmt: skip
 PRESET_FLAGS = {"backbone": "backbone", "data": "data_file", "name": "bundle_name", "default_policy": "default_policy",
                 "head_design": "head_design", "calibration_share": "calibration_share"}  # fmt: skip
+CALIBRATION_FLAGS = {name: name for name in ("selection_rule", "epsilon", "delta", "risk", "vote_above_chance")}
 
 
 def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, object]:
@@ -56,6 +61,9 @@ def _build(args: argparse.Namespace) -> int:
     training_overrides = _given(args, TRAINING_FLAGS)
     if training_overrides:
         preset = with_training(preset, **training_overrides)
+    calibration_overrides = _given(args, CALIBRATION_FLAGS)
+    if calibration_overrides:
+        preset = with_calibration(preset, **calibration_overrides)  # checked here, before any training
     preset_overrides = _given(args, PRESET_FLAGS)
     if args.data:
         preset_overrides["label_names"] = None  # another file's labels, in their sorted order
@@ -175,6 +183,43 @@ def _prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recalibrate(args: argparse.Namespace) -> int:
+    """Options: the bundle's own calibration options, the flags over them; the rule is Learn then Test unless a
+    flag says otherwise."""
+    manifest = read_manifest(resolve_bundle_dir(Path(args.bundle)))
+    known = {f.name for f in fields(CalibrationOptions)}
+    options = CalibrationOptions(**{k: v for k, v in manifest.calibration.items() if k in known})
+    options = replace(options, selection_rule="ltt", **_given(args, CALIBRATION_FLAGS))  # type: ignore[arg-type]
+    print(recalibrate(Path(args.bundle), options, Path(args.texts) if args.texts else None, args.default_policy))
+    return 0
+
+
+def _add_calibration_flags(build: argparse.ArgumentParser) -> None:
+    """`beem build`'s CALIBRATION_FLAGS: the selection rule and the Learn-then-Test promise."""
+    calibration = build.add_argument_group("calibration (beem/calibration/threshold_search.py)")
+    calibration.add_argument("--selection-rule", choices=SELECTION_RULES, help="how thresholds are chosen "
+                             "(default: the preset's); ltt certifies a risk (Learn then Test)")  # fmt: skip
+    calibration.add_argument("--epsilon", type=float, help="ltt: the risk certified at most (default 0.01)")
+    calibration.add_argument("--delta", type=float, help="ltt: the chance the certificate fails (default 0.05)")
+    calibration.add_argument("--risk", choices=RISKS, help="ltt: disagreement with full depth (no labels needed; "
+                             "default) or excess-error (wrong where full depth is right)")  # fmt: skip
+    calibration.add_argument("--vote-above-chance", action="store_true", default=None, help="BEEM's exits vote "
+                             "their confidence above chance, (C - 1/K) / (1 - 1/K)")  # fmt: skip
+
+
+def _add_recalibrate_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    recalibrate = commands.add_parser(
+        "recalibrate", help="new thresholds for a bundle's weights, written as its model's next version"
+    )
+    recalibrate.add_argument("--bundle", required=True, help="bundle directory (a version, or a model for its latest)")
+    recalibrate.add_argument("--texts", help="in-domain texts without labels (one per line, or .jsonl with a "
+                             "'text' field), e.g. a sample of real requests: every threshold is certified on "
+                             "disagreement; default: the bundle's own calibration split, labels and all")  # fmt: skip
+    recalibrate.add_argument("--default-policy", help="a policy name or 'best' (default: the bundle's)")
+    _add_calibration_flags(recalibrate)
+    recalibrate.set_defaults(handler=_recalibrate)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="beem", description="BEEM early-exit models: build and evaluate bundles")
     commands = root.add_subparsers(dest="command", required=True)
@@ -203,6 +248,7 @@ def parser() -> argparse.ArgumentParser:
                         "backbone's (default 1)")  # fmt: skip
     levers.add_argument("--calibration-share", type=float, help="re-split train / calibration so calibration holds "
                         "this share of the non-test rows; test is untouched")  # fmt: skip
+    _add_calibration_flags(build)
     captions = build.add_argument_group("caption builds (--task caption)")
     captions.add_argument("--scenes", type=int, help="number of generated Fashion-MNIST scenes")
     captions.add_argument("--fashion-mnist-dir", help="where Fashion-MNIST is (default: Debian's location)")
@@ -225,6 +271,8 @@ def parser() -> argparse.ArgumentParser:
                               help="where generated scenes are written (default: %(default)s)")  # fmt: skip
     caption_data.add_argument("--limit", type=int, help="evaluate only the split's first N images")
     evaluate.set_defaults(handler=_evaluate)
+
+    _add_recalibrate_command(commands)
 
     prepare = commands.add_parser(
         "prepare-data", help="regenerate data/rotten_tomatoes and data/rotten_tomatoes_fine from vaderSentiment's sdist"

@@ -92,3 +92,8 @@ def get_preset(name: str) -> BuildPreset:
 
 def with_training(preset: BuildPreset, **changes: object) -> BuildPreset:
     return replace(preset, training=replace(preset.training, **changes))  # type: ignore[arg-type]
+
+
+def with_calibration(preset: BuildPreset, **changes: object) -> BuildPreset:
+    """Raises ValueError for an unknown rule or risk, or epsilon / delta outside (0, 1)."""
+    return replace(preset, calibration=replace(preset.calibration, **changes))  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ SERVE_FLAGS = (
     ("--default-model", str, "the model answering requests that name none"),
     ("--poll-interval-s", float, "look for new model versions this often (0: only on reload or SIGHUP)"),
     ("--shadow-fraction", float, "share of early-exited rows re-run at full depth for the agreement monitor"),
-    ("--alpha-control-target", float, "online control: agreement with full depth to hold (default: calibration's)"),
+    ("--alpha-control-target", float, "online control: agreement to hold (default: 1 - ltt epsilon, or calibration's)"),
     ("--latency-slo-ms", float, "online control: loosen the threshold while p95 is over this, within the budget"),
     ("--host", str, "interface to listen on (default 127.0.0.1)"),
     ("--port", int, "port (default 8000; 0 picks a free one)"),

@@ -211,6 +211,22 @@ class ModelType(BaseModel):
     classifier: ClassifierModel
 
 
+class PolicyGuarantee(BaseModel):
+    """A threshold certified by Learn then Test (beem/calibration/learn_then_test.py): with probability at least
+    1 - delta over the calibration draw, the policy's risk on new inputs from the same distribution is at most
+    epsilon."""
+
+    risk: str = Field(description="'disagreement' with full depth, or 'excess-error': wrong where full depth is right")
+    epsilon: float
+    delta: float
+    n: int = Field(description="calibration samples")
+    losses: int = Field(description="of those, how many had a loss at the certified threshold")
+    observed_risk: float
+    p_value: float | None = Field(description="the binomial tail at the certified threshold; null: none certified")
+    certified: bool = Field(description="false: nothing that exits early was certified, so it never does")
+    statement: str
+
+
 class EarlyExitInfo(BaseModel):
     """What TEI's Info does not have: the early-exit model behind the classifier."""
 
@@ -220,6 +236,9 @@ class EarlyExitInfo(BaseModel):
     policies: list[str]
     backbone: str
     engine_path: str = Field(description="'device' or 'host' (service/engine/classify/device/device_path.py)")
+    guarantees: dict[str, PolicyGuarantee] | None = Field(
+        None, description="by policy, the certified risk of those calibrated by Learn then Test; null: none were"
+    )
 
 
 class InfoResponse(BaseModel):

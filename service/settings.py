@@ -48,8 +48,9 @@ class ServerSettings(BaseSettings):
         "online from the shadow samples; 'all' for every model",
     )  # fmt: skip
     alpha_control_target: float | None = Field(
-        None, gt=0, le=1, description="agreement with full depth to hold (default: the calibration split's)"
-    )
+        None, gt=0, le=1, description="agreement with full depth to hold (default: 1 - epsilon where the bundle's "
+        "ltt rule certified the default policy's disagreement, else the calibration split's agreement)",
+    )  # fmt: skip
     alpha_control_step: float = Field(
         0.05, gt=0, le=1, description="one change moves the threshold by this share of its calibrated value"
     )

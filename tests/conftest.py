@@ -74,6 +74,23 @@ def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir:
     return build(tiny_preset(tiny_backbone_dir, tiny_data_file), root / "model_store", root / "run")
 
 
+@pytest.fixture(scope="session")
+def tiny_ltt_bundle_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path, tiny_backbone_dir: Path, tiny_data_file: Path
+) -> Path:
+    """The tiny bundle's model calibrated by Learn then Test instead. It re-runs the tiny build's run directory
+    (tiny_bundle_dir is <root>/model_store/<name>/<version>, its run <root>/run), so training and the exit caches
+    are reused and only calibration runs. Epsilon is 25% because 36 calibration samples certify nothing at 1%
+    (even no loss gives p = 0.99**36 = 0.70)."""
+    from beem.builder import build
+    from beem.presets import with_calibration
+
+    preset = with_calibration(tiny_preset(tiny_backbone_dir, tiny_data_file), selection_rule="ltt", epsilon=0.25,
+                              delta=0.1)  # fmt: skip
+    run_dir = tiny_bundle_dir.parents[2] / "run"
+    return build(replace(preset, bundle_name="tiny-ltt-sentiment"), tmp_path_factory.mktemp("ltt_store"), run_dir)
+
+
 def write_fake_fashion_mnist(directory: Path, count: int = 200, seed: int = 0) -> Path:
     """Fashion-MNIST's file format (gzipped IDX) with seeded random 28x28 pictures, one blob shape per class, so
     caption builds run in tests without the Debian package."""

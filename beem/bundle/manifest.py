@@ -66,12 +66,14 @@ def bundle_files(bundle_dir: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class PolicyRecord:
-    """One calibrated policy in the manifest: its parameters (named as the policy table names them) and its
-    headline numbers (accuracy, mean_exit_layer, layer_speedup) on the calibration and test splits."""
+    """One calibrated policy in the manifest: its parameters (named as the policy table names them), its
+    headline numbers (accuracy, mean_exit_layer, layer_speedup) on the calibration and test splits, and, when the
+    "ltt" rule chose its threshold, the guarantee it certified (`learn_then_test.Certification.to_json`)."""
 
     params: Mapping[str, Any]
     calibration: Mapping[str, float]
     test: Mapping[str, float]
+    guarantee: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,10 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 def _policy_record(path: Path, name: str, entry: Any) -> PolicyRecord:
     if not isinstance(entry, dict) or not isinstance(entry.get("params"), dict):
         raise BundleError(path, f"policy {name!r} must be an object with a 'params' object")
-    return PolicyRecord(entry["params"], entry.get("calibration") or {}, entry.get("test") or {})
+    guarantee = entry.get("guarantee")
+    if guarantee is not None and not isinstance(guarantee, dict):
+        raise BundleError(path, f"policy {name!r}: 'guarantee' must be an object, got {guarantee!r:.80}")
+    return PolicyRecord(entry["params"], entry.get("calibration") or {}, entry.get("test") or {}, guarantee)
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

@@ -62,6 +62,23 @@ def _theorem_table(calibration: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _guarantee_lines(calibration: dict[str, Any]) -> list[str]:
+    """Each policy's Learn-then-Test guarantee, in its own words (only policies calibrated by the "ltt" rule)."""
+    guarantees = {name: e["guarantee"] for name, e in calibration["policies"].items() if e.get("guarantee")}
+    if not guarantees:
+        return []
+    lines = ["## Certified risk (Learn then Test, calibration split)", ""]
+    for name, guarantee in guarantees.items():
+        p_value = guarantee["p_value"]
+        evidence = (
+            f"{guarantee['losses']} of {guarantee['n']} samples with a loss, p = {p_value:.3g}"
+            if p_value is not None
+            else "nothing certified"
+        )
+        lines.append(f"- {name}: {guarantee['statement']} ({evidence})")
+    return [*lines, ""]
+
+
 def write_report(
     directory: Path,
     title: str,
@@ -75,10 +92,14 @@ def write_report(
         f"accuracy budget {calibration['accuracy_budget'] * 100:.2f} points vs full depth, paired bound "
         f"z = {calibration['confidence_z']}"
         if rule == "paired-bound"
+        else f"{calibration['risk']} at most {calibration['epsilon'] * 100:g}% with probability at least "
+        f"{(1 - calibration['delta']) * 100:g}%, fixed-sequence test from no early exit down"
+        if rule == "ltt"
         else f"minimum {calibration['min_count']} samples per exit"
     )
     lines = [f"# {title}", "", f"Thresholds chosen on the calibration split by the `{rule}` rule ({detail}).", ""]
     lines += _table("Calibration split", calibration)
+    lines += _guarantee_lines(calibration)
     if test_result is not None:
         lines += _table("Test split (never used to choose anything)", test_result)
         paired = {name: e["paired_vs_full"] for name, e in test_result["policies"].items() if "paired_vs_full" in e}

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from beem.data.examples import LabelledDataset
 from beem.data.tokenized_batch import tokenize_examples
 from beem.model.multi_exit_model import MultiExitModel
-from beem.policies.array_policies import ExitObservations, summarize_exits
+from beem.policies.array_policies import ExitObservations, exit_margins, summarize_exits
 from beem.policies.exit_policies import ExitObservation
 
 
@@ -27,6 +27,8 @@ class ExitCache:
     confidences: np.ndarray  # (N, L) float64, max probability of each exit
     entropies: np.ndarray  # (N, L) float64, entropy of each exit's distribution (nats)
     targets: np.ndarray  # (N,) int64, true labels
+    margins: np.ndarray | None = None  # (N, L) float64, max probability minus the runner-up's; None in caches
+    # written before the exit gate read it (policies that read margins are then not calibrated from it)
 
     @property
     def num_samples(self) -> int:
@@ -44,10 +46,11 @@ class ExitCache:
         return self.correct().mean(axis=0)
 
     def observations(self, sample: int) -> list[ExitObservation]:
+        margins = self.margins[sample] if self.margins is not None else np.zeros(self.num_layers)
         return [
-            ExitObservation(int(label), float(confidence), float(entropy))
-            for label, confidence, entropy in zip(
-                self.exit_labels[sample], self.confidences[sample], self.entropies[sample], strict=True
+            ExitObservation(int(label), float(confidence), float(entropy), float(margin))
+            for label, confidence, entropy, margin in zip(
+                self.exit_labels[sample], self.confidences[sample], self.entropies[sample], margins, strict=True
             )
         ]
 
@@ -57,22 +60,25 @@ class ExitCache:
             torch.from_numpy(self.exit_labels[:, layer].astype(np.int64)),
             torch.from_numpy(self.confidences[:, layer].astype(np.float64)),
             torch.from_numpy(self.entropies[:, layer].astype(np.float64)),
+            None if self.margins is None else torch.from_numpy(self.margins[:, layer].astype(np.float64)),
         )
 
     def take(self, rows: np.ndarray) -> ExitCache:
-        return ExitCache(self.exit_labels[rows], self.confidences[rows], self.entropies[rows], self.targets[rows])
+        margins = None if self.margins is None else self.margins[rows]
+        return ExitCache(self.exit_labels[rows], self.confidences[rows], self.entropies[rows], self.targets[rows],
+                         margins)  # fmt: skip
 
     def save(self, path: Path) -> None:
         # float32 on disk is lossless: the values are float32 softmax outputs widened to float64 in memory.
-        save_file(
-            {
-                "exit_labels": self.exit_labels,
-                "confidences": self.confidences.astype(np.float32),
-                "entropies": self.entropies.astype(np.float32),
-                "targets": self.targets,
-            },
-            str(path),
-        )
+        arrays = {
+            "exit_labels": self.exit_labels,
+            "confidences": self.confidences.astype(np.float32),
+            "entropies": self.entropies.astype(np.float32),
+            "targets": self.targets,
+        }
+        if self.margins is not None:
+            arrays["margins"] = self.margins.astype(np.float32)
+        save_file(arrays, str(path))
 
     @classmethod
     def load(cls, path: Path) -> ExitCache:
@@ -82,6 +88,7 @@ class ExitCache:
             arrays["confidences"].astype(np.float64),
             arrays["entropies"].astype(np.float64),
             arrays["targets"],
+            arrays["margins"].astype(np.float64) if "margins" in arrays else None,
         )
 
 
@@ -94,7 +101,7 @@ def compute_exit_cache(
     batch_size: int = 64,
 ) -> ExitCache:
     model.eval()
-    labels, confidences, entropies = [], [], []
+    labels, confidences, entropies, margins = [], [], [], []
     for start in range(0, len(dataset), batch_size):
         batch = tokenize_examples(tokenizer, dataset.examples[start : start + batch_size], max_length)
         logits = model.all_exit_logits(batch.input_ids, batch.attention_mask, batch.token_type_ids)  # (L, B, C)
@@ -102,9 +109,11 @@ def compute_exit_cache(
         labels.append(batch_labels.numpy())
         confidences.append(batch_confidences.double().numpy())
         entropies.append(batch_entropies.double().numpy())
+        margins.append(exit_margins(logits.transpose(0, 1)).double().numpy())
     return ExitCache(
         np.concatenate(labels).astype(np.int64),
         np.concatenate(confidences),
         np.concatenate(entropies),
         np.asarray(dataset.labels(), dtype=np.int64),
+        np.concatenate(margins),
     )

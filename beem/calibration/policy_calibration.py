@@ -2,7 +2,8 @@
 
 BEEM-A's weights are the exits' calibration accuracies and BEEM-C's are i / L; each policy's threshold then comes
 from `search_threshold` with the bundle's selection rule. The whole trade-off curve, the per-exit error rates and
-the Theorem 3.1 terms are kept so the report can show why a threshold was chosen.
+the Theorem 3.1 terms are kept so the report can show why a threshold was chosen; under the "ltt" rule each
+searched policy also carries its `guarantee` (`learn_then_test.Certification.to_json`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from beem.calibration.exit_cache import ExitCache
+from beem.calibration.exit_gate_calibration import calibrate_exit_gate
+from beem.calibration.learn_then_test import (
+    DEFAULT_DELTA,
+    DEFAULT_EPSILON,
+    DEFAULT_RISK,
+    check_certification_options,
+)
 from beem.calibration.theorem_terms import theorem_terms
 from beem.calibration.threshold_search import (
     DEFAULT_ACCURACY_BUDGET,
     DEFAULT_CONFIDENCE_Z,
+    SELECTION_RULES,
     ExitOutcome,
     ThresholdSearch,
     outcome_at,
@@ -37,6 +46,18 @@ class CalibrationOptions:
     confidence_z: float = DEFAULT_CONFIDENCE_Z  # paired-bound only: one-sided normal quantile of the bound
     count_first_exit: bool = True
     reset: str = "restart"
+    vote_above_chance: bool = False  # BEEM's exits vote their confidence above chance (DESIGN 3.1)
+    # ltt only (beem/calibration/learn_then_test.py): risk at most epsilon with probability 1 - delta. 1% at 95% is
+    # certifiable from a few hundred samples; "disagreement" needs no labels, so unlabeled traffic can recalibrate by
+    # the same rule and online control can hold its agreement target at 1 - epsilon.
+    epsilon: float = DEFAULT_EPSILON
+    delta: float = DEFAULT_DELTA
+    risk: str = DEFAULT_RISK
+
+    def __post_init__(self) -> None:
+        if self.selection_rule not in SELECTION_RULES:
+            raise ValueError(f"unknown selection rule {self.selection_rule!r}; expected one of {SELECTION_RULES}")
+        check_certification_options(self.risk, self.epsilon, self.delta)
 
 
 @dataclass(frozen=True)
@@ -45,21 +66,30 @@ class CalibratedPolicy:
     search: ThresholdSearch | None  # None for full depth, which has nothing to choose
 
 
-def calibrate_policies(cache: ExitCache, options: CalibrationOptions) -> dict[str, CalibratedPolicy]:
+def calibrate_policies(
+    cache: ExitCache, options: CalibrationOptions, num_labels: int = 0
+) -> dict[str, CalibratedPolicy]:
     """Every policy of the table, from its starting point (weights, placeholder threshold) to its chosen
-    threshold."""
+    threshold; `num_labels` is the model's (BEEM's vote above chance needs it; 0: not known, as for captions)."""
     start = CalibrationStart(
-        cache.num_layers, tuple(cache.exit_accuracies().tolist()), options.count_first_exit, options.reset
-    )
+        cache.num_layers, tuple(cache.exit_accuracies().tolist()), options.count_first_exit, options.reset,
+        options.vote_above_chance, num_labels,
+    )  # fmt: skip
     calibrated: dict[str, CalibratedPolicy] = {}
     for definition in POLICY_TABLE.values():
+        if definition.trained:  # the exit gate: fitted on half the split, certified by Learn then Test on the other
+            fitted = calibrate_exit_gate(cache, options.epsilon, options.delta, options.risk, options.min_count)
+            if fitted is not None:
+                calibrated[definition.name] = CalibratedPolicy(*fitted)
+            continue
         policy = definition.starting_point(start)
         if not definition.searched:
             calibrated[policy.name] = CalibratedPolicy(policy, None)
             continue
         search = search_threshold(
-            policy, cache, options.selection_rule, options.min_count, options.accuracy_budget, options.confidence_z
-        )
+            policy, cache, options.selection_rule, options.min_count, options.accuracy_budget, options.confidence_z,
+            options.epsilon, options.delta, options.risk,
+        )  # fmt: skip
         calibrated[policy.name] = CalibratedPolicy(policy.with_threshold(search.chosen.threshold), search)
     return calibrated
 
@@ -84,6 +114,7 @@ def calibration_json(
     num_layers = cache.num_layers
     oracle_layers = oracle_exit_layers(cache.exit_labels)
     policies: dict[str, object] = {}
+    guaranteed: list[str] = []
     for name, entry in calibrated.items():
         outcome = evaluate_policy(entry.policy, cache)
         described: dict[str, object] = {
@@ -96,9 +127,15 @@ def calibration_json(
             described["curve"] = [
                 {**_outcome_json(entry.search.curve[i], num_layers), "feasible": entry.search.feasible[i]} for i in keep
             ]
+            if entry.search.certification is not None:
+                described["guarantee"] = entry.search.certification.to_json()
+                guaranteed.append(name)
         if isinstance(entry.policy, BeemPolicy):
             described["theorem_3_1"] = theorem_terms(entry.policy, cache)
         policies[name] = described
+    # What the guarantees were certified at: under the "ltt" rule, or wherever a policy was certified whatever the rule.
+    certified = options.selection_rule == "ltt" or bool(guaranteed)
+    certifying = {"epsilon": options.epsilon, "delta": options.delta, "risk": options.risk} if certified else {}
     return {
         "num_samples": cache.num_samples,
         "num_layers": num_layers,
@@ -106,6 +143,7 @@ def calibration_json(
         "min_count": options.min_count,
         "accuracy_budget": options.accuracy_budget,
         "confidence_z": options.confidence_z,
+        **certifying,
         "exit_accuracies": cache.exit_accuracies().tolist(),
         "final_error_rate": float(1.0 - cache.correct()[:, -1].mean()),
         "oracle": {

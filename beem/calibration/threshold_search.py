@@ -15,6 +15,10 @@ Selection rules:
   bound of the accuracy loss, (b - c + z * sqrt(b + c)) / N, must stay within `accuracy_budget` (a fraction:
   0.005 = half a point). b - c has variance b + c under "no difference", so z = 1.2816 is a 90% bound.
 The feasible threshold with the smallest mean exit layer wins (ties: higher accuracy); none feasible -> +inf.
+The fourth rule certifies a risk instead of testing each threshold on its own:
+- "ltt" (Learn then Test, `learn_then_test.py`): walking every distinct score from the highest down, a threshold
+  is certified while its binomial p-value for "risk > epsilon" stays <= delta; the lowest certified one wins, none
+  certified -> +inf. Its curve's `feasible` marks the certified thresholds.
 """
 
 from __future__ import annotations
@@ -26,10 +30,19 @@ import numpy as np
 import torch
 
 from beem.calibration.exit_cache import ExitCache
+from beem.calibration.learn_then_test import (
+    DEFAULT_DELTA,
+    DEFAULT_EPSILON,
+    DEFAULT_RISK,
+    Certification,
+    certify,
+    sample_losses,
+)
 from beem.policies.array_policies import RowPolicies, RowStates, fold, reaches_exit
 from beem.policies.exit_policies import ExitPolicy
+from beem.policies.policy_table import RULE_OF_CLASS
 
-SELECTION_RULES = ("per-exit", "paired", "paired-bound")
+SELECTION_RULES = ("per-exit", "paired", "paired-bound", "ltt")
 DEFAULT_ACCURACY_BUDGET = 0.005
 DEFAULT_CONFIDENCE_Z = 1.2816
 MAX_CANDIDATES = 2000
@@ -65,10 +78,11 @@ class ExitOutcome:
 def score_trajectories(policy: ExitPolicy, cache: ExitCache) -> np.ndarray:
     """(N, L) score of every sample after every exit, folded by the array form the engine decides with."""
     policies = RowPolicies.repeated(policy, cache.num_samples, cache.num_layers)
+    rules = frozenset({RULE_OF_CLASS[type(policy)]})  # only its rule: an old cache has no margins for the gate's
     states = RowStates.fresh(cache.num_samples)
     scores = torch.empty((cache.num_samples, cache.num_layers), dtype=torch.float64)
     for layer in range(cache.num_layers):
-        states = fold(states, cache.exit_observations(layer), policies)
+        states = fold(states, cache.exit_observations(layer), policies, rules)
         scores[:, layer] = states.score
     return scores.numpy()
 
@@ -125,15 +139,33 @@ def is_feasible(
         b, c = outcome.only_final_right, outcome.only_policy_right
         loss_bound = b - c + confidence_z * math.sqrt(b + c)
         return loss_bound <= accuracy_budget * len(outcome.exit_layers) + 1e-9
+    if rule == "ltt":
+        raise ValueError("the 'ltt' rule certifies a sequence of thresholds, not one outcome: use search_threshold")
     raise ValueError(f"unknown selection rule {rule!r}; expected one of {SELECTION_RULES}")
 
 
-def candidate_thresholds(scores: np.ndarray) -> np.ndarray:
-    """Every distinct score (thinned evenly by rank to MAX_CANDIDATES) plus +inf, ascending."""
+def candidate_thresholds(scores: np.ndarray, limit: int | None = MAX_CANDIDATES) -> np.ndarray:
+    """Every distinct score (thinned evenly by rank to `limit`; None: never thinned) plus +inf, ascending."""
     distinct = np.unique(scores[np.isfinite(scores)])
-    if len(distinct) > MAX_CANDIDATES:
-        distinct = distinct[np.linspace(0, len(distinct) - 1, MAX_CANDIDATES).round().astype(int)]
+    if limit is not None and len(distinct) > limit:
+        distinct = distinct[np.linspace(0, len(distinct) - 1, limit).round().astype(int)]
     return np.append(distinct, math.inf)
+
+
+def certify_on_cache(
+    cache: ExitCache,
+    scores: np.ndarray,
+    risk: str = DEFAULT_RISK,
+    epsilon: float = DEFAULT_EPSILON,
+    delta: float = DEFAULT_DELTA,
+) -> Certification:
+    """Learn then Test over every distinct score of (N, L) `scores` (unthinned: thinning by rank would make the
+    sequence depend on the data), each candidate sending samples out as the engine would."""
+
+    def count_losses(threshold: float) -> int:
+        return int(sample_losses(cache, exit_layers_at(scores, threshold), risk).sum())
+
+    return certify(candidate_thresholds(scores, limit=None), count_losses, cache.num_samples, risk, epsilon, delta)
 
 
 @dataclass(frozen=True)
@@ -141,6 +173,7 @@ class ThresholdSearch:
     chosen: ExitOutcome
     curve: list[ExitOutcome]  # one per candidate, ascending threshold
     feasible: list[bool]
+    certification: Certification | None = None  # the "ltt" rule's guarantee
 
 
 def search_threshold(
@@ -150,10 +183,19 @@ def search_threshold(
     min_count: int = 5,
     accuracy_budget: float = DEFAULT_ACCURACY_BUDGET,
     confidence_z: float = DEFAULT_CONFIDENCE_Z,
+    epsilon: float = DEFAULT_EPSILON,
+    delta: float = DEFAULT_DELTA,
+    risk: str = DEFAULT_RISK,
 ) -> ThresholdSearch:
+    """`epsilon`, `delta` and `risk` are the "ltt" rule's; the other rules ignore them (and it theirs)."""
     scores = score_trajectories(policy, cache)
     final_error_rate = float(1.0 - cache.correct()[:, -1].mean())
     curve = [outcome_at(cache, scores, float(t)) for t in candidate_thresholds(scores)]
+    if rule == "ltt":
+        certification = certify_on_cache(cache, scores, risk, epsilon, delta)
+        # Every candidate at or above the certified threshold was certified on the way down.
+        certified = [o.threshold >= certification.threshold for o in curve]
+        return ThresholdSearch(outcome_at(cache, scores, certification.threshold), curve, certified, certification)
     feasible = [is_feasible(o, final_error_rate, rule, min_count, accuracy_budget, confidence_z) for o in curve]
     # +inf is always feasible (nothing leaves early), so the choice is never empty.
     chosen = min(

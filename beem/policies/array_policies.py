@@ -25,12 +25,14 @@ from typing import Self
 
 import torch
 
+from beem.policies.exit_gate import GATE_VECTOR_SIZE, HIDDEN_UNITS, NUM_FEATURES
 from beem.policies.exit_policies import ExitPolicy
 from beem.policies.policy_table import DEFINITION_OF_CLASS, ArrayRule, rules_keeping
 
 NO_LABEL = -1  # previous_label of a row that has seen no exit yet
 # The per-row parameters of a policy whose rule does not read them (and zero weights).
 NEUTRAL_ROW_PARAMETERS: dict[str, object] = {"count_first_exit": True, "restart_on_disagree": True, "chance": 0.0}
+NO_GATE = (0.0,) * GATE_VECTOR_SIZE
 
 
 @dataclass(frozen=True)
@@ -64,16 +66,33 @@ class ExitObservations(_Rows):
     labels: torch.Tensor  # (R,) int64, argmax
     confidences: torch.Tensor  # (R,) float64, max probability
     entropies: torch.Tensor | None  # (R,) float64, nats; None when no row's rule reads it
+    margins: torch.Tensor | None = None  # (R,) float64, max probability minus the runner-up's; None likewise
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor, with_entropy: bool = True) -> ExitObservations:
-        """(R, C) logits of any dtype -> observations computed in float32, widened to float64 (the entropy only
-        when asked: the engine skips it for groups with no entropy rows)."""
+    def from_logits(
+        cls, logits: torch.Tensor, with_entropy: bool = True, with_margin: bool = False
+    ) -> ExitObservations:
+        """(R, C) logits of any dtype -> observations computed in float32, widened to float64 (the entropy and
+        the margin only when asked: the engine skips them for groups with no row whose rule reads them)."""
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         probs = log_probs.exp()
         confidences, labels = probs.max(dim=-1)
         entropies = -(probs * log_probs).sum(dim=-1).double() if with_entropy else None
-        return cls(labels, confidences.double(), entropies)
+        margins = _margins(probs).double() if with_margin else None
+        return cls(labels, confidences.double(), entropies, margins)
+
+
+def _margins(probs: torch.Tensor) -> torch.Tensor:
+    """(..., C) probabilities -> (...) top-1 minus top-2 (the top-1 itself for a single label)."""
+    if probs.shape[-1] < 2:
+        return probs[..., 0]
+    top = probs.topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
+
+
+def exit_margins(logits: torch.Tensor) -> torch.Tensor:
+    """(..., C) logits -> (...) float32 margins: the exit cache's (`ExitObservations.from_logits`, op for op)."""
+    return _margins(torch.log_softmax(logits.float(), dim=-1).exp())
 
 
 def summarize_exits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,6 +115,7 @@ class RowPolicies(_Rows):
     count_first_exit: torch.Tensor  # (R,) bool: BEEM's first exit adds w_1*C_1 (else 0)
     restart_on_disagree: torch.Tensor  # (R,) bool: BEEM's disagreement restarts at w_i*C_i (else 0)
     chance: torch.Tensor  # (R,) float64: BEEM's vote counts (C - chance) / (1 - chance); 0 for the plain C
+    gate: torch.Tensor  # (R, G) float64: the exit gate's vector (`exit_gate.GateWeights.vector`), zeros for others
     last_layer: torch.Tensor  # (R,) int64: the deepest layer the row may run, 1-based
 
     @classmethod
@@ -111,6 +131,8 @@ class RowPolicies(_Rows):
         def column(name: str, neutral: object) -> list[object]:
             return [parameters.get(name, neutral) for parameters in own]
 
+        gates = column("gate", NO_GATE)  # most groups have no gate row: zeros, not a tensor from 160 floats a row
+
         return cls(
             rule=torch.tensor([d.rule for d in definitions], dtype=torch.int64, device=device),
             threshold=torch.tensor([p.threshold for p in policies], dtype=torch.float64, device=device),
@@ -123,6 +145,9 @@ class RowPolicies(_Rows):
                 device=device),
             chance=torch.tensor(column("chance", NEUTRAL_ROW_PARAMETERS["chance"]), dtype=torch.float64,
                                 device=device),
+            gate=torch.tensor(gates, dtype=torch.float64, device=device).reshape(len(policies), GATE_VECTOR_SIZE)
+            if any(g is not NO_GATE for g in gates) else torch.zeros((len(policies), GATE_VECTOR_SIZE),
+                                                                     dtype=torch.float64, device=device),
             last_layer=torch.tensor(list(last_layers), dtype=torch.int64, device=device),
         )  # fmt: skip
 
@@ -144,11 +169,14 @@ class RowStates(_Rows):
     previous_label: torch.Tensor  # (R,) int64: the last exit's label, NO_LABEL before the first
     agreeing_run: torch.Tensor  # (R,) int64: consecutive exits that agreed with their predecessor
     layers_seen: torch.Tensor  # (R,) int64: exits folded in so far
+    beem_a_score: torch.Tensor  # (R,) float64: the exit gate's BEEM score under BEEM-A's weights (others: 0)
+    beem_c_score: torch.Tensor  # (R,) float64: the same under BEEM-C's
 
     @classmethod
     def fresh(cls, count: int, device: torch.device | str = "cpu") -> RowStates:
         zeros = torch.zeros(count, dtype=torch.int64, device=device)
-        return cls(torch.zeros(count, dtype=torch.float64, device=device), zeros - 1, zeros, zeros)
+        no_score = torch.zeros(count, dtype=torch.float64, device=device)
+        return cls(no_score, zeros - 1, zeros, zeros, no_score, no_score)
 
     @classmethod
     def after_skipped_heads(cls, count: int, layers_seen: int, device: torch.device | str = "cpu") -> RowStates:
@@ -156,7 +184,8 @@ class RowStates(_Rows):
         could use them (the reference after as many `BLIND_OBSERVATION`s): the depth as score, no label. The
         engine builds this only when such rows meet a step that reads an exit, instead of a step per layer."""
         depth = torch.full((count,), layers_seen, dtype=torch.int64, device=device)
-        return cls(depth.double(), torch.full_like(depth, NO_LABEL), torch.zeros_like(depth), depth)
+        no_score = torch.zeros(count, dtype=torch.float64, device=device)
+        return cls(depth.double(), torch.full_like(depth, NO_LABEL), torch.zeros_like(depth), depth, no_score, no_score)
 
 
 @dataclass(frozen=True)
@@ -172,6 +201,8 @@ class FoldStep:
     # `previous_label`
     agreeing_run: torch.Tensor  # (R,) int64: agreeing exits in a row, this one included (kept only when a rule
     # keeps it; the states' run otherwise)
+    beem_a_score: torch.Tensor  # (R,) float64: the exit gate's running scores after this exit (kept likewise)
+    beem_c_score: torch.Tensor
 
 
 def _beem_score(step: FoldStep) -> torch.Tensor:
@@ -186,6 +217,37 @@ def _beem_score(step: FoldStep) -> torch.Tensor:
     return torch.where(step.agree, states.score + contribution, torch.where(keeps_contribution, contribution, 0.0))
 
 
+def gate_features(
+    observed: ExitObservations,
+    beem_a_score: torch.Tensor,
+    beem_c_score: torch.Tensor,
+    agreeing_run: torch.Tensor,
+    layers_seen: torch.Tensor,
+    num_layers: torch.Tensor,
+) -> torch.Tensor:
+    """(R, F) the exit gate's features after an exit, in `exit_gate.GATE_FEATURES` order (serving and the gate's
+    training read them from here). `num_layers` (R,) is 0 for rows that are not the gate's: kept finite."""
+    assert observed.entropies is not None and observed.margins is not None, "gate rows need entropy and margin"
+    depth = layers_seen.double() / num_layers.clamp_min(1.0)  # i / L
+    return torch.stack((observed.confidences, observed.margins, observed.entropies, beem_a_score, beem_c_score,
+                        agreeing_run.double(), depth), dim=1)  # fmt: skip
+
+
+def _gate_score(step: FoldStep) -> torch.Tensor:
+    """The exit gate's log-odds (`exit_gate.GateWeights.log_odds` for every row): features (R, F) standardized,
+    a hidden layer (R, H) of per-row weights (R, H, F), one output."""
+    gate = step.policies.gate  # (R, G)
+    features = gate_features(step.observed, step.beem_a_score, step.beem_c_score, step.agreeing_run,
+                             step.layers_seen, gate[:, 0])  # fmt: skip
+    f, h = NUM_FEATURES, HIDDEN_UNITS
+    x = (features - gate[:, 1 : 1 + f]) * gate[:, 1 + f : 1 + 2 * f]  # (R, F)
+    at = 1 + 2 * f
+    hidden_weights = gate[:, at : at + h * f].reshape(-1, h, f)  # (R, H, F)
+    hidden = torch.bmm(hidden_weights, x.unsqueeze(2)).squeeze(2) + gate[:, at + h * f : at + h * f + h]  # (R, H)
+    output_weights = gate[:, at + h * f + h : at + h * f + 2 * h]  # (R, H)
+    return (torch.relu(hidden) * output_weights).sum(dim=1) + gate[:, -1]
+
+
 def _entropy_score(step: FoldStep) -> torch.Tensor:
     assert step.observed.entropies is not None, "entropy rows need observations with the entropy"
     return -step.observed.entropies
@@ -198,6 +260,7 @@ SCORE_RULES: dict[int, ScoreRule] = {
     ArrayRule.ENTROPY: _entropy_score,
     ArrayRule.PATIENCE: lambda step: step.agreeing_run.double(),
     ArrayRule.DEPTH: lambda step: step.layers_seen.double(),
+    ArrayRule.GATE: _gate_score,
 }
 
 
@@ -216,12 +279,19 @@ def fold(
     rules = every_rule() if rules is None else rules
     layers_seen = states.layers_seen + 1
     agree = None
-    run = states.agreeing_run
+    run, beem_a, beem_c = states.agreeing_run, states.beem_a_score, states.beem_c_score
     if rules_keeping("previous_label", rules):
         agree = observed.labels == states.previous_label  # never true on a first exit: labels are >= 0
         if rules_keeping("agreeing_run", rules):
             run = torch.where(agree, states.agreeing_run + 1, 0)
-    step = FoldStep(states, observed, policies, layers_seen, agree, run)
+        if rules_keeping("beem_a_score", rules):  # the gate's: plain confidence, restart, the first exit counts
+            confidences = observed.confidences
+            a_part = policies.weights.gather(1, states.layers_seen.unsqueeze(1)).squeeze(1) * confidences
+            c_part = (layers_seen.double() / policies.gate[:, 0].clamp_min(1.0)) * confidences  # w_i = i / L (L
+            # is 0 for rows that are not the gate's: any finite value does)
+            beem_a = torch.where(agree, states.beem_a_score + a_part, a_part)
+            beem_c = torch.where(agree, states.beem_c_score + c_part, c_part)
+    step = FoldStep(states, observed, policies, layers_seen, agree, run, beem_a, beem_c)
     candidates = {rule: SCORE_RULES[rule](step) for rule in sorted(rules)}
     if len(candidates) == 1:
         (score,) = candidates.values()
@@ -229,7 +299,7 @@ def fold(
         filler = next(iter(candidates.values()))
         table = torch.stack([candidates.get(rule, filler) for rule in range(max(SCORE_RULES) + 1)], dim=1)  # (R, K)
         score = table.gather(1, policies.rule.unsqueeze(1)).squeeze(1)
-    return RowStates(score, observed.labels, run, layers_seen)
+    return RowStates(score, observed.labels, run, layers_seen, beem_a, beem_c)
 
 
 def reaches_exit(

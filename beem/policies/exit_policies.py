@@ -33,6 +33,7 @@ class ExitObservation:
     label: int
     confidence: float  # max probability, in [0, 1]
     entropy: float  # entropy of the exit's distribution, nats
+    margin: float = 0.0  # max probability minus the runner-up's, in [0, 1] (read by the exit gate only)
 
 
 # What a depth-only policy is shown when the exit head was skipped; it never reads it.
@@ -41,11 +42,15 @@ BLIND_OBSERVATION = ExitObservation(label=-1, confidence=0.0, entropy=0.0)
 
 @dataclass(frozen=True)
 class PolicyState:
-    """Per-sample state between layers; a new sample starts from `PolicyState()`."""
+    """Per-sample state between layers; a new sample starts from `PolicyState()`. Every policy keeps the first
+    three; the rest is the exit gate's (exit_gate.py), which reads more of the history than its score."""
 
     layers_seen: int = 0
     previous_label: int | None = None
     score: float = 0.0
+    agreeing_run: int = 0  # exits in a row that agreed with their predecessor
+    beem_a_score: float = 0.0  # BEEM's running score under BEEM-A's weights (plain confidence, restart, first counts)
+    beem_c_score: float = 0.0  # the same under BEEM-C's weights, i / L
 
 
 @dataclass(frozen=True)

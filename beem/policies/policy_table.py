@@ -36,6 +36,7 @@ from beem.policies.earliest_exit import (
     bounded_score_earliest_exit,
     counted_layers_earliest_exit,
 )
+from beem.policies.exit_gate import ExitGatePolicy, GateWeights
 from beem.policies.exit_policies import (
     RESET_MODES,
     BeemPolicy,
@@ -59,13 +60,14 @@ class ArrayRule(IntEnum):
     ENTROPY = 2  # -H_i
     PATIENCE = 3  # agreeing exits in a row
     DEPTH = 4  # the layer number: static and full depth
+    GATE = 5  # the exit gate's log-odds of agreeing with the final layer (exit_gate.py)
 
 
 class PolicyParameterError(ValueError):
     """A policy name or parameter a user cannot use; the message says which and why."""
 
 
-ParameterKind = Literal["number", "whole", "flag", "choice", "weights"]
+ParameterKind = Literal["number", "whole", "flag", "choice", "weights", "gate"]
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,9 @@ class CalibrationStart:
     num_labels: int = 0  # the model's labels (the vote above chance needs them); 0: not known
 
 
-StateField = Literal["score", "previous_label", "agreeing_run"]  # `RowStates` fields beyond `layers_seen`, which
-# every row keeps
-ObservedField = Literal["label", "confidence", "entropy"]  # `ExitObservations` fields
+# `RowStates` fields beyond `layers_seen`, which every row keeps
+StateField = Literal["score", "previous_label", "agreeing_run", "beem_a_score", "beem_c_score"]
+ObservedField = Literal["label", "confidence", "entropy", "margin"]  # of each exit
 
 
 def _no_row_parameters(policy: Any) -> Mapping[str, object]:
@@ -122,6 +124,8 @@ class PolicyDefinition:
     row_parameters: Callable[[Any], Mapping[str, object]] = _no_row_parameters  # `RowPolicies` fields beyond rule,
     # threshold and last layer, from the policy (the rest keep `array_policies.NEUTRAL_ROW_PARAMETERS`)
     searched: bool = True  # calibration searches its threshold (full depth has none)
+    trained: bool = False  # calibration fits its parameters on one part of the calibration split and certifies
+    # its threshold on the other (beem/calibration/exit_gate_calibration.py); `starting_point` is not used
 
     @property
     def request_parameters(self) -> tuple[PolicyParameter, ...]:
@@ -235,6 +239,19 @@ POLICY_TABLE: dict[str, PolicyDefinition] = {
             counted_layers_earliest_exit(offset=0),
         ),
         PolicyDefinition(
+            "gate", "exit once a learned gate's log-odds that this exit agrees with the final layer reach the "
+            "threshold", ExitGatePolicy, ArrayRule.GATE,
+            (PolicyParameter("threshold", "number", "minimum log-odds of agreeing with the final layer (0: even; "
+                             "2.2: 90%; 4.6: 99%)", never=math.inf, per_request=True),
+             PolicyParameter("gate", "gate", "the trained gate: its features, weights and their sha256")),
+            lambda v: ExitGatePolicy(v["gate"], float(v["threshold"])),  # type: ignore[arg-type]
+            lambda s: _untrained(), lambda policy, last_layer: 1 if policy.threshold < math.inf else last_layer,
+            keeps=frozenset({"score", "previous_label", "agreeing_run", "beem_a_score", "beem_c_score"}),
+            reads=frozenset({"label", "confidence", "entropy", "margin"}),
+            row_parameters=lambda policy: {"weights": policy.gate.beem_a_weights, "gate": policy.gate.vector()},
+            trained=True,
+        ),
+        PolicyDefinition(
             "full", "every sample runs every layer: the baseline", FullDepthPolicy, ArrayRule.DEPTH, (),
             lambda v: FullDepthPolicy(), lambda s: FullDepthPolicy(), counted_layers_earliest_exit(offset=0),
             searched=False,
@@ -313,6 +330,15 @@ def rules_read_entropy(rules: frozenset[int]) -> bool:
     return any("entropy" in READS_OF_RULE[rule] for rule in rules)
 
 
+def rules_read_margin(rules: frozenset[int]) -> bool:
+    """Whether any of `rules` reads the exits' margin (a top-2 per exit)."""
+    return any("margin" in READS_OF_RULE[rule] for rule in rules)
+
+
+def _untrained() -> ExitPolicy:
+    raise TypeError("the exit gate has no starting point: calibration trains it (exit_gate_calibration.py)")
+
+
 def json_number(value: float) -> float | str:
     """JSON has no infinity; +inf / -inf are written as the strings "inf" / "-inf" (which `float` reads back)."""
     if math.isinf(value):
@@ -350,6 +376,11 @@ def _value(parameter: PolicyParameter, raw: object, num_layers: int) -> object:
         if raw not in parameter.choices:
             raise PolicyParameterError(f"parameter {parameter.name!r} must be one of {parameter.choices}, got {raw!r}")
         return raw
+    if parameter.kind == "gate":
+        try:
+            return GateWeights.from_json(raw, num_layers)
+        except ValueError as error:
+            raise PolicyParameterError(f"parameter {parameter.name!r}: {error}") from error
     if not isinstance(raw, Sequence) or isinstance(raw, str) or len(raw) != num_layers:
         raise PolicyParameterError(f"parameter {parameter.name!r} needs {num_layers} numbers, got {raw!r}")
     weights = tuple(_number(PolicyParameter(parameter.name, "number", "", low=0.0), w, num_layers) for w in raw)

@@ -19,6 +19,7 @@ from beem.bundle.bundle_reader import LoadedBundle
 from beem.bundle.manifest import CALIBRATION_CACHE_FILE, Manifest
 from beem.calibration.agreement_levels import AgreementLevels, agreement_levels
 from beem.calibration.exit_cache import ExitCache
+from beem.calibration.learn_then_test import certified_agreement
 from beem.calibration.threshold_search import DEFAULT_ACCURACY_BUDGET
 from beem.captioning.caption_bundle import LoadedCaptionBundle
 from beem.policies.policy_table import threshold_ceiling
@@ -170,7 +171,9 @@ def controlled_policy(
 ) -> ControlledPolicy | None:
     """Online control of the default policy's threshold, within [lowest share x calibrated, the threshold past
     which nothing leaves early]. Only policies whose table entry has a threshold ceiling are controlled (BEEM's
-    alpha, max-prob's threshold: positive scores, so shares of them mean something)."""
+    alpha, max-prob's threshold: positive scores, so shares of them mean something). The agreement target: the
+    settings' when given, else 1 - epsilon when Learn then Test certified the policy's disagreement with full
+    depth (the promise the controller then holds online), else the calibration split's agreement."""
     name = version.manifest.default_policy
     policy = version.live_policies.view[name]
     ceiling = threshold_ceiling(policy)
@@ -182,7 +185,8 @@ def controlled_policy(
     if not math.isfinite(calibrated) or calibrated <= 0:
         log.warning("model %s: %s's calibrated threshold %s cannot be controlled", version.name, name, calibrated)
         return None
-    target = settings.alpha_control_target or levels[name].agreement
+    certified = certified_agreement(version.manifest.policies[name].guarantee)
+    target = settings.alpha_control_target or certified or levels[name].agreement
     lowest = calibrated * settings.alpha_control_lowest
     control = ControlSettings(
         target_agreement=target, lowest=lowest, highest=max(ceiling, calibrated),

@@ -54,7 +54,8 @@ async def metrics(request: Request) -> Response:
 @router.get("/v1/models", dependencies=[Depends(require_api_key)])
 async def models_route(models: Models) -> dict[str, Any]:
     """Every served model, the default first: its serving version's manifest summary, each policy's calibrated
-    and live parameters, every version seen with its status, and the shadow monitor's estimates."""
+    and live parameters (and its Learn-then-Test guarantee, null without one), every version seen with its status,
+    and the shadow monitor's estimates."""
     ordered = sorted(models.models.values(), key=lambda m: (m.name != models.default_name, m.name))
     return {"default_model": models.default_name, "data": [_model_entry(model, models) for model in ordered]}
 
@@ -79,7 +80,7 @@ def _model_entry(model: ServedModel, models: ModelRegistry) -> dict[str, Any]:
         "default_policy": manifest.default_policy,
         "calibration": manifest.calibration or None,
         "policies": {name: {"params": record.params, "calibration": record.calibration, "test": record.test,
-                            "live_threshold": _live_threshold(served, name)}
+                            "live_threshold": _live_threshold(served, name), "guarantee": record.guarantee}
                      for name, record in manifest.policies.items()},
         "data": manifest.data or None,
         "versions": [{"version": record.version, "status": record.status.value, "error": record.error}

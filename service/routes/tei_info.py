@@ -2,7 +2,7 @@
 router/src/http/server.rs `get_model_info` and `health`; the Info shape in router/src/lib.rs `Info`).
 
 - GET /info: TEI's `Info` for a classifier (`model_type.classifier` with id2label and label2id), our limits in
-  TEI's names, and `early_exit` (the bundle, its depth and policies) added.
+  TEI's names, and `early_exit` (the bundle, its depth and policies, their certified guarantees) added.
 - GET /health, GET /ping (SageMaker) and GET /: 200 with an empty body when the model is ready, else 503 with an
   error body, as TEI's health check answers. Unlike TEI, which opens its port only once the model has loaded,
   this server answers while loading, so the 503 is what a client sees then. Like TEI's, these never ask for the
@@ -12,14 +12,18 @@ router/src/http/server.rs `get_model_info` and `health`; the Info shape in route
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 
 from fastapi import APIRouter, Depends, Request, Response
+from pydantic import ValidationError
 
+from beem.bundle.manifest import Manifest
 from service.errors import NotReadyError
 from service.routes.dependencies import Models, default_classifier, require_api_key
-from service.schemas import ClassifierModel, EarlyExitInfo, ErrorBody, InfoResponse, ModelType
+from service.schemas import ClassifierModel, EarlyExitInfo, ErrorBody, InfoResponse, ModelType, PolicyGuarantee
 from service.tasks import CLASSIFICATION
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 SERVER_VERSION = importlib.metadata.version("beem-serve")
 
@@ -33,6 +37,7 @@ async def info(request: Request, models: Models) -> InfoResponse:
         manifest = classifier.bundle.manifest
         max_input_tokens = classifier.max_input_tokens
     labels = manifest.labels
+    guarantees = _guarantees(manifest)
     return InfoResponse(
         model_id=manifest.model_id,
         model_sha=None,
@@ -59,8 +64,23 @@ async def info(request: Request, models: Models) -> InfoResponse:
             policies=list(manifest.policies),
             backbone=str(manifest.backbone.get("name") or manifest.backbone.get("model_type") or "unknown"),
             engine_path=engine.engine_path,
+            guarantees=guarantees or None,
         ),
     )  # fmt: skip
+
+
+def _guarantees(manifest: Manifest) -> dict[str, PolicyGuarantee]:
+    """The manifest's Learn-then-Test guarantees in the wire form; one that does not read as one (a hand-edited
+    manifest) is left out rather than failing the route."""
+    guarantees = {}
+    for name, record in manifest.policies.items():
+        if record.guarantee is None:
+            continue
+        try:
+            guarantees[name] = PolicyGuarantee.model_validate(dict(record.guarantee))
+        except ValidationError:
+            log.warning("%s: policy %s's guarantee is malformed; /info leaves it out", manifest.model_id, name)
+    return guarantees
 
 
 async def health(request: Request, models: Models) -> Response:

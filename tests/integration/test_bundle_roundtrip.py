@@ -147,3 +147,29 @@ def test_the_typed_manifest_reads_what_the_builder_wrote(tiny_bundle_dir: Path) 
     assert {name: dict(record.params) for name, record in manifest.policies.items()} == {
         name: entry["params"] for name, entry in raw["policies"].items()
     }
+
+
+def test_an_ltt_bundle_records_each_guarantee_in_calibration_manifest_and_report(tiny_ltt_bundle_dir: Path) -> None:
+    calibration = json.loads((tiny_ltt_bundle_dir / "calibration.json").read_text())
+    raw = json.loads((tiny_ltt_bundle_dir / MANIFEST_FILE).read_text())
+    report = (tiny_ltt_bundle_dir / "report.md").read_text()
+    assert (calibration["selection_rule"], calibration["epsilon"], calibration["delta"], calibration["risk"]) == (
+        "ltt", 0.25, 0.1, "disagreement"
+    )  # fmt: skip
+    assert {key: raw["calibration"][key] for key in ("selection_rule", "epsilon", "delta", "risk")} == {
+        "selection_rule": "ltt", "epsilon": 0.25, "delta": 0.1, "risk": "disagreement"
+    }  # fmt: skip
+    manifest = read_manifest(tiny_ltt_bundle_dir)
+    searched = ["beem-a", "beem-c", "max-prob", "entropy", "patience", "static"]  # by the rule: on all 36 samples
+    assert "guarantee" not in calibration["policies"]["full"]
+    assert manifest.policies["full"].guarantee is None
+    for name in searched:
+        guarantee = calibration["policies"][name]["guarantee"]
+        assert set(guarantee) >= {"risk", "epsilon", "delta", "n", "losses", "observed_risk", "p_value", "certified",
+                                  "statement"}  # fmt: skip
+        assert guarantee["n"] == calibration["num_samples"] == 36
+        assert guarantee["threshold"] == calibration["policies"][name]["threshold"]  # the threshold it serves
+        assert guarantee["certified"] == (guarantee["p_value"] is not None) == (guarantee["threshold"] != "inf")
+        assert guarantee["observed_risk"] == pytest.approx(guarantee["losses"] / 36)
+        assert raw["policies"][name]["guarantee"] == guarantee == manifest.policies[name].guarantee
+        assert f"- {name}: {guarantee['statement']}" in report

@@ -142,7 +142,8 @@ def test_the_array_form_decides_as_its_reference_beside_other_policies(added: No
             observed = [rows[r][layer] for r in active]
             column = ExitObservations(torch.tensor([o.label for o in observed]),
                                       torch.tensor([o.confidence for o in observed], dtype=torch.float64),
-                                      torch.tensor([o.entropy for o in observed], dtype=torch.float64))  # fmt: skip
+                                      torch.tensor([o.entropy for o in observed], dtype=torch.float64),
+                                      torch.zeros(len(observed), dtype=torch.float64))  # fmt: skip
             states, exits = decide(states, column, array_policies, rules)
             for slot, row in enumerate(active):
                 assert bool(exits[slot]) == (expected[row] == layer + 1), (policies[row], layer)

@@ -52,7 +52,13 @@ def test_with_threshold_round_trips(policy: ExitPolicy) -> None:
 def test_with_threshold_keeps_beem_options() -> None:
     policy = BeemPolicy("beem-a", (0.6, 0.7, 0.8), 1.5, count_first_exit=False, reset="zero")
     moved = policy.with_threshold(0.4)
-    assert moved.params() == {"alpha": 0.4, "weights": [0.6, 0.7, 0.8], "count_first_exit": False, "reset": "zero"}
+    assert moved.params() == {
+        "alpha": 0.4,
+        "weights": [0.6, 0.7, 0.8],
+        "count_first_exit": False,
+        "reset": "zero",
+        "vote_above_chance": False,
+    }
 
 
 @pytest.mark.parametrize(
@@ -60,7 +66,13 @@ def test_with_threshold_keeps_beem_options() -> None:
     [
         (
             BeemPolicy("beem-c", W4, 0.7),
-            {"alpha": 0.7, "weights": list(W4), "count_first_exit": True, "reset": "restart"},
+            {
+                "alpha": 0.7,
+                "weights": list(W4),
+                "count_first_exit": True,
+                "reset": "restart",
+                "vote_above_chance": False,
+            },
             0.7,
         ),
         (MaxProbPolicy(0.9), {"threshold": 0.9}, 0.9),

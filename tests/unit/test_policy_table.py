@@ -12,6 +12,7 @@ import pytest
 
 from beem.policies import exit_policies
 from beem.policies.array_policies import SCORE_RULES, RowPolicies, RowStates
+from beem.policies.exit_gate import ExitGatePolicy
 from beem.policies.exit_policies import (
     BeemPolicy,
     EntropyPolicy,
@@ -27,6 +28,7 @@ from beem.policies.policy_table import (
     POLICY_TABLE,
     RULE_OF_CLASS,
     CalibrationStart,
+    PolicyDefinition,
     PolicyParameterError,
     build_policy,
     definition_of_policy,
@@ -37,20 +39,29 @@ from beem.policies.policy_table import (
 )
 from service.engine.classify.device.row_columns import RowColumns
 from service.schemas import POLICY_REQUEST_MODELS, POLICY_SPEC
+from tests.policy_examples import example_gate_policy
 
 START = CalibrationStart(num_layers=4, exit_accuracies=(0.6, 0.7, 0.8, 0.85))
 BEEM_PARAMS = {"alpha": 1.0, "weights": [0.1, 0.2, 0.3, 0.4], "count_first_exit": True, "reset": "restart"}
 
 
 CALIBRATED_THRESHOLD = {"beem-a": 2.0, "beem-c": 1.1, "max-prob": 0.9, "entropy": -0.5, "patience": 2.0,
-                        "static": 3.0, "full": math.inf}  # fmt: skip
+                        "static": 3.0, "gate": 1.5, "full": math.inf}  # fmt: skip
+
+
+def uncalibrated(definition: PolicyDefinition) -> ExitPolicy:
+    """An entry's policy before its threshold is chosen: its starting point, or for a trained entry (the exit
+    gate) one with seeded weights, as calibration would have fitted."""
+    if definition.trained:
+        return example_gate_policy(START.num_layers, math.inf)
+    return definition.starting_point(START)
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
 def test_every_entry_round_trips_through_json(name: str) -> None:
     """A starting point and a calibrated threshold survive manifest JSON (inf as a string) and rebuild."""
     definition = POLICY_TABLE[name]
-    policy = definition.starting_point(START)
+    policy = uncalibrated(definition)
     for candidate in (policy, policy.with_threshold(CALIBRATED_THRESHOLD[name])):
         written = json.loads(json.dumps(policy_params_json(candidate)))
         assert build_policy(name, written, START.num_layers) == candidate
@@ -58,7 +69,7 @@ def test_every_entry_round_trips_through_json(name: str) -> None:
 
 
 def test_names_and_rules_are_the_tables() -> None:
-    assert POLICY_NAMES == ("beem-a", "beem-c", "max-prob", "entropy", "patience", "static", "full")
+    assert POLICY_NAMES == ("beem-a", "beem-c", "max-prob", "entropy", "patience", "static", "gate", "full")
     assert {model.model_fields["name"].annotation.__args__[0] for model in POLICY_REQUEST_MODELS} == set(POLICY_NAMES)  # type: ignore[union-attr]
 
 
@@ -153,12 +164,12 @@ def _subclasses(cls: type) -> list[type]:
     return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
 
 
-SERVED_CLASSES = [c for c in _subclasses(ExitPolicy) if c.__module__ == exit_policies.__name__]
+SERVED_CLASSES = [c for c in _subclasses(ExitPolicy) if c.__module__.startswith(exit_policies.__package__ or "")]
 
 
 def test_the_coverage_check_sees_every_policy_class() -> None:
     assert set(SERVED_CLASSES) == {BeemPolicy, MaxProbPolicy, EntropyPolicy, PatiencePolicy, StaticPolicy,
-                                   FullDepthPolicy}  # fmt: skip
+                                   FullDepthPolicy, ExitGatePolicy}  # fmt: skip
 
 
 @pytest.mark.parametrize("policy_class", SERVED_CLASSES, ids=lambda c: c.__name__)
@@ -167,7 +178,7 @@ def test_every_policy_class_is_covered_by_every_derived_piece(policy_class: type
     know, fails here."""
     assert policy_class in DEFINITION_OF_CLASS, f"{policy_class.__name__} has no entry in POLICY_TABLE"
     for definition in (d for d in POLICY_TABLE.values() if d.policy_class is policy_class):
-        policy = definition.starting_point(START)
+        policy = uncalibrated(definition)
         assert type(policy) is policy_class
         assert definition_of_policy(policy).rule == definition.rule == RULE_OF_CLASS[policy_class]
         assert definition.rule in SCORE_RULES, f"rule {definition.rule} of {definition.name} has no score"
@@ -196,6 +207,7 @@ def test_the_device_row_columns_hold_every_state_and_parameter_field() -> None:
         (PatiencePolicy(2), None),
         (StaticPolicy(2), None),
         (FullDepthPolicy(), None),
+        (example_gate_policy(4, 2.0), None),  # log-odds: no share of them means anything
     ],
 )
 def test_threshold_ceilings_come_from_the_table(policy: ExitPolicy, ceiling: float | None) -> None:

@@ -114,7 +114,7 @@ class DeviceStep:
         on a few hundred numbers in about fifty small kernels: `compile_decisions` fuses them (torch.compile),
         where the backend allows."""
         c = self.columns  # the column layout
-        observed = ExitObservations.from_logits(logits, with_entropy=True)
+        observed = ExitObservations.from_logits(logits, with_entropy=True, with_margin=True)
         folded, exits = decide(c.states(table), observed, c.policies(table))
         in_flight = table[:, c.DONE] == IN_FLIGHT  # (R,)
         leaving = exits & in_flight

@@ -6,8 +6,8 @@ small integers, scores and confidences are the float64 the array-form policies d
 (`beem/policies/array_policies.py`).
 
 The state and parameter columns are not listed here: they are the fields of `RowStates` and `RowPolicies`, in
-their order, one column each (BEEM's weights, (R, L), take L), so a policy that keeps new state needs no change
-here.
+their order, one column each (a 2-D field takes its width: BEEM's weights L, the exit gate's vector), so a policy
+that keeps new state needs no change here.
 
 A row is in flight while DONE is 0; DONE is the exit layer once it left, DROPPED once the host dropped it
 (timeout, client gone), PLACEHOLDER for the padding rows of a bucket. ROW_ID is the row's slot in its group's host
@@ -41,7 +41,11 @@ class RowColumns:
         self._state_dtypes = {f.name: getattr(RowStates.fresh(1), f.name).dtype for f in fields(RowStates)}
         example = RowPolicies.of([FullDepthPolicy()], [num_layers], num_layers, "cpu")
         self._parameter_dtypes = {f.name: getattr(example, f.name).dtype for f in fields(RowPolicies)}
-        self._per_layer = {f.name for f in fields(RowPolicies) if getattr(example, f.name).dim() == 2}  # (R, L)
+        self._widths = {
+            f.name: int(getattr(example, f.name).shape[1])
+            for f in fields(RowPolicies)
+            if getattr(example, f.name).dim() == 2
+        }  # (R, W) fields: BEEM's weights, the gate's vector
         start = self.CONFIDENCE + 1
         self.of: dict[str, slice] = {}  # field name -> its columns
         for name in self._state_dtypes:
@@ -49,7 +53,7 @@ class RowColumns:
             start += 1
         self.states_columns = slice(self.of[next(iter(self._state_dtypes))].start, start)
         for name in self._parameter_dtypes:
-            width = num_layers if name in self._per_layer else 1
+            width = self._widths.get(name, 1)
             self.of[name] = slice(start, start + width)
             start += width
         self.logits = slice(start, start + num_labels)  # the exit's logits (float32 values) once the row left
@@ -86,7 +90,7 @@ class RowColumns:
 
     def _read(self, table: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
         columns = table[:, self.of[name]]
-        values = columns if name in self._per_layer else columns[:, 0]
+        values = columns if name in self._widths else columns[:, 0]
         if dtype == torch.bool:
             return values > 0
         return values if dtype == torch.float64 else values.to(dtype)

@@ -148,7 +148,7 @@ class HostPath:
         states = group.current_states()  # caught up to `depth` before this layer
         group.encoder = model.run_layer(group.encoder)
         logits = model.exit_logits(group.encoder)  # (R, C)
-        observed = ExitObservations.from_logits(logits, with_entropy=group.reads_entropy)
+        observed = ExitObservations.from_logits(logits, group.reads_entropy, group.reads_margin)
         group.states, exits = decide(states, observed, group.policies, group.rules)
         group.states_layers = layer
         if group.traces is not None:

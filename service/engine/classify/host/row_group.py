@@ -21,7 +21,7 @@ from torch.nn import functional
 
 from beem.model.layerwise_backbone import EncoderState, LayerwiseBackbone
 from beem.policies.array_policies import RowPolicies, RowStates
-from beem.policies.policy_table import rules_read_entropy
+from beem.policies.policy_table import rules_read_entropy, rules_read_margin
 from service.engine.abandoned_rows import CancellationWatch
 from service.engine.queued_row import only_shadow_rows
 
@@ -65,6 +65,10 @@ class RowGroup:
     @property
     def reads_entropy(self) -> bool:
         return rules_read_entropy(self.rules)
+
+    @property
+    def reads_margin(self) -> bool:
+        return rules_read_margin(self.rules)
 
     def current_states(self) -> RowStates:
         """The states after every layer run so far. Heads are skipped only while every row is depth-only (no
