@@ -190,7 +190,9 @@ def _recalibrate(args: argparse.Namespace) -> int:
     known = {f.name for f in fields(CalibrationOptions)}
     options = CalibrationOptions(**{k: v for k, v in manifest.calibration.items() if k in known})
     options = replace(options, selection_rule="ltt", **_given(args, CALIBRATION_FLAGS))  # type: ignore[arg-type]
-    print(recalibrate(Path(args.bundle), options, Path(args.texts) if args.texts else None, args.default_policy))
+    texts = Path(args.texts) if args.texts else None
+    data = Path(args.data) if args.data else None
+    print(recalibrate(Path(args.bundle), options, texts, args.default_policy, data))
     return 0
 
 
@@ -215,6 +217,8 @@ def _add_recalibrate_command(commands: argparse._SubParsersAction) -> None:  # t
     recalibrate.add_argument("--texts", help="in-domain texts without labels (one per line, or .jsonl with a "
                              "'text' field), e.g. a sample of real requests: every threshold is certified on "
                              "disagreement; default: the bundle's own calibration split, labels and all")  # fmt: skip
+    recalibrate.add_argument("--data", help="without --texts: the data file the bundle was built from, when its "
+                             "manifest's path does not find it (checked against its sha256)")  # fmt: skip
     recalibrate.add_argument("--default-policy", help="a policy name or 'best' (default: the bundle's)")
     _add_calibration_flags(recalibrate)
     recalibrate.set_defaults(handler=_recalibrate)

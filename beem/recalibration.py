@@ -64,8 +64,21 @@ def _unlabelled(texts: list[str], label_names: tuple[str, ...]) -> LabelledDatas
     return LabelledDataset(tuple(Example(text, 0) for text in texts), tuple(label_names), "unlabelled texts")
 
 
-def _bundle_splits(manifest_data: dict[str, Any], label_names: tuple[str, ...]) -> tuple[Path, Any]:
-    data_file = REPO_ROOT / manifest_data["repo_path"] if "repo_path" in manifest_data else REPO_DATA_FILE
+def _bundle_splits(
+    manifest_data: dict[str, Any], label_names: tuple[str, ...], data_file: Path | None
+) -> tuple[Path, Any]:
+    """The bundle's own splits, re-cut from its data file: `data_file` when given, else where the manifest says
+    (its repo_path, or the default data set). The file must be the one the bundle was built from (its sha256), or
+    its "calibration split" would be other samples, possibly ones it was trained on."""
+    if data_file is None:
+        data_file = REPO_ROOT / manifest_data["repo_path"] if "repo_path" in manifest_data else REPO_DATA_FILE
+    if not data_file.is_file():
+        raise ValueError(f"the bundle's data file {data_file} is not there; pass it with --data")
+    expected = manifest_data.get("sha256")
+    if expected is not None and hashlib.sha256(data_file.read_bytes()).hexdigest() != expected:
+        recorded = manifest_data.get("file")
+        raise ValueError(f"{data_file} is not the file this bundle was built from (its manifest records "
+                         f"{recorded} with sha256 {expected}); pass that file with --data")  # fmt: skip
     dataset = read_dataset(data_file, list(label_names))
     splits = split_dataset(dataset, tuple(manifest_data.get("split_fractions", (0.7, 0.15, 0.15))),
                            int(manifest_data.get("split_seed", 0)), manifest_data.get("calibration_share"))  # fmt: skip
@@ -77,9 +90,11 @@ def recalibrate(
     options: CalibrationOptions,
     texts_file: Path | None = None,
     default_policy: str | None = None,
+    data_file: Path | None = None,
 ) -> Path:
-    """The bundle at `bundle_path` recalibrated (from `texts_file`, or from its calibration split when None) and
-    written as its model's next version; returns the new version's directory."""
+    """The bundle at `bundle_path` recalibrated (from `texts_file`, or from its calibration split when None, cut
+    from `data_file` or the file its manifest names) and written as its model's next version; returns the new
+    version's directory."""
     from beem.builder import default_policy_name, policy_entry  # the builder's manifest records, not its training
 
     bundle_dir = resolve_bundle_dir(bundle_path)
@@ -101,7 +116,7 @@ def recalibrate(
         source = {"source": "texts", "file": texts_file.name, "num_texts": len(texts), "labels": False,
                   "sha256": hashlib.sha256(texts_file.read_bytes()).hexdigest()}  # fmt: skip
     else:
-        data_file, splits = _bundle_splits(dict(manifest.data), labels)
+        data_file, splits = _bundle_splits(dict(manifest.data), labels, data_file)
         cache = compute_exit_cache(bundle.model, bundle.tokenizer, splits.calibration, bundle.max_length)
         test_cache = compute_exit_cache(bundle.model, bundle.tokenizer, splits.test, bundle.max_length)
         source = {"source": "calibration split", "file": str(data_file.relative_to(REPO_ROOT))
