@@ -43,14 +43,16 @@ def above_chance(cache: ExitCache, num_labels: int) -> ExitCache:
     return replace(cache, confidences=(cache.confidences - chance) / (1.0 - chance))
 
 
-def test_cache(bundle_dir: Path, manifest: Manifest) -> ExitCache:
-    """The test split's exits: the build's own cache when its run directory is here, else computed once."""
+def test_cache(bundle_dir: Path, manifest: Manifest, with_margins: bool = False) -> ExitCache:
+    """The test split's exits: the build's own cache when its run directory is here, else computed once (a cache
+    kept from before exits had margins is computed again when `with_margins`: the gate reads them)."""
     built = REPO_ROOT / "runs" / str(manifest.training["preset"]) / "exits_test.safetensors"
-    if built.is_file():
-        return ExitCache.load(built)
     kept = REPO_ROOT / "runs" / "levers" / f"{manifest.name}-{manifest.version}-test.safetensors"
-    if kept.is_file():
-        return ExitCache.load(kept)
+    for path in (built, kept):
+        if path.is_file():
+            cache = ExitCache.load(path)
+            if cache.margins is not None or not with_margins:
+                return cache
     provenance = manifest.data
     data_file = REPO_ROOT / provenance.get("repo_path", "data/rotten_tomatoes/snippets.jsonl")
     splits = split_dataset(read_dataset(data_file, list(manifest.labels)), tuple(provenance["split_fractions"]),

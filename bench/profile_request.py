@@ -1,12 +1,17 @@
 """Where a batch-1 request's time goes inside the engine, stage by stage, at full depth and under BEEM-A.
 
-    python -m bench.profile_request [--bundle DIR] [--texts 200]
+    python -m bench.profile_request [--bundle DIR] [--texts 200] [--policies beem-a gate beem-a+vote ...]
 
 Times, per text (median over texts, in this thread): tokenization, embedding, each encoder layer, each exit head,
 the array-form observation and decision, as the engine's step loop runs them, one layer after the other (so the
 Python after each layer runs with the caches the layer left, as it does in the engine). It explains the gap between
 the layer speed-up (layers skipped) and the wall-clock speed-up (time saved): the stages that do not shrink with
 depth are paid by every request, and every exit BEEM reads costs a head and a decision.
+
+With `--policies`, each policy's decision cost per step (the observation the policy's rule reads, from one exit's
+logits, and the array-form decision, as the host path runs them) is also timed on the same recorded logits, at
+batch 1 and 16, the policies taking turns text by text, against the first one named (`+vote`: a BEEM policy with its
+vote above chance).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,7 +28,8 @@ import torch
 from beem.bundle.bundle_reader import load_bundle
 from beem.bundle.manifest import resolve_bundle_dir
 from beem.policies.array_policies import ExitObservations, RowPolicies, RowStates, decide
-from beem.policies.policy_table import RULE_OF_CLASS
+from beem.policies.exit_policies import BeemPolicy, ExitPolicy
+from beem.policies.policy_table import RULE_OF_CLASS, rules_read_entropy, rules_read_margin
 from loadtest.workload import text_workload
 from service.settings import DEFAULT_BUNDLE
 
@@ -82,12 +89,72 @@ def profile(bundle_dir: Path, count: int) -> dict[str, object]:
     }  # fmt: skip
 
 
+def named_policy(policies: dict[str, ExitPolicy], name: str, num_labels: int) -> ExitPolicy:
+    """A bundle policy by name; "<beem policy>+vote" is it with its vote above chance."""
+    base, _, variant = name.partition("+")
+    policy = policies[base]
+    if variant == "vote" and isinstance(policy, BeemPolicy):
+        return replace(policy, vote_above_chance=True, num_labels=num_labels)
+    if variant:
+        raise SystemExit(f"unknown variant {name!r}: only a BEEM policy takes '+vote'")
+    return policy
+
+
+@torch.inference_mode()
+def decision_costs(bundle_dir: Path, names: list[str], count: int, batch_sizes: tuple[int, ...] = (1, 16)) -> dict:
+    """Median microseconds per step of observation + decision for each named policy, on every exit's logits of
+    `count` texts recorded once; the policies take turns on each group of texts, so drift hits them alike."""
+    bundle = load_bundle(bundle_dir)
+    model, tokenizer, num_layers = bundle.model, bundle.tokenizer, bundle.num_layers
+    policies = {name: named_policy(bundle.policies, name, len(bundle.labels)) for name in names}
+    recorded = []  # per text: (L, C) logits of every exit
+    for text in text_workload().texts[:count]:
+        encoded = tokenizer(text, return_tensors="pt")
+        state = model.embed(encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"))
+        exits = []
+        for _ in range(num_layers):
+            state = model.run_layer(state)
+            exits.append(model.exit_logits(state)[0])
+        recorded.append(torch.stack(exits))
+    logits = torch.stack(recorded)  # (N, L, C)
+    result: dict[str, dict[str, float]] = {}
+    for batch in batch_sizes:
+        prepared = {}
+        for name, policy in policies.items():
+            rules = frozenset({RULE_OF_CLASS[type(policy)]})
+            rows = RowPolicies.of([policy] * batch, [num_layers] * batch, num_layers, "cpu")
+            prepared[name] = (rows, rules, rules_read_entropy(rules), rules_read_margin(rules))
+        steps: dict[str, list[float]] = {name: [] for name in names}
+        for turn, start in enumerate(range(0, logits.shape[0] - batch + 1, batch)):
+            group = logits[start : start + batch]  # (B, L, C)
+            for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                rows, rules, reads_entropy, reads_margin = prepared[name]
+                states = RowStates.fresh(batch)
+                for layer in range(num_layers):
+                    started = time.perf_counter()
+                    observed = ExitObservations.from_logits(group[:, layer], reads_entropy, reads_margin)
+                    states, leaves = decide(states, observed, rows, rules)
+                    leaves.cpu().numpy()
+                    steps[name].append(time.perf_counter() - started)
+        medians = {name: statistics.median(values) * 1e6 for name, values in steps.items()}
+        result[f"batch {batch}"] = {
+            **{f"{name} us per step": medians[name] for name in names},
+            **{f"{name} / {names[0]}": medians[name] / medians[names[0]] for name in names[1:]},
+        }
+    return result
+
+
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     arguments.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     arguments.add_argument("--texts", type=int, default=200)
+    arguments.add_argument("--policies", nargs="+", help="also time each one's decision per step, against the first")
     args = arguments.parse_args()
-    print(json.dumps(profile(resolve_bundle_dir(Path(args.bundle)), args.texts), indent=1))
+    bundle_dir = resolve_bundle_dir(Path(args.bundle))
+    result = profile(bundle_dir, args.texts)
+    if args.policies:
+        result["decision_cost"] = decision_costs(bundle_dir, args.policies, args.texts)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from beem.bundle.manifest import read_manifest, resolve_bundle_dir
 from beem.data.fine_grained import FINE_LABEL_NAMES
 from tests.e2e.test_real_server import ServerProcess
 
@@ -25,7 +26,8 @@ def test_the_five_class_bundle_is_served_with_its_labels_in_rating_order() -> No
         body = httpx.post(f"{server.url}/v1/classify", json={"inputs": texts}).json()
         labels = [result["label"] for result in body["results"]]
         assert labels[0] in ("positive", "very positive") and labels[1] in ("negative", "very negative"), body
-        assert all(result["policy"] == "beem-c" for result in body["results"]), body  # its manifest names beem-c
+        default = read_manifest(resolve_bundle_dir(FINE_BUNDLE)).default_policy
+        assert all(result["policy"] == default for result in body["results"]), body
         scores = httpx.post(f"{server.url}/predict", json={"inputs": texts[0]}).json()  # TEI: every label's score
         assert sorted(entry["label"] for entry in scores) == sorted(FINE_LABEL_NAMES), scores
     finally:
