@@ -2,12 +2,12 @@
 for a change to the engine (issue 22 asks for 16 clients within noise of the tree before).
 
     git worktree add /tmp/before <commit>   # the tree to compare with (its own .venv not needed)
-    python -m bench.loadtest_baseline --baseline-tree /tmp/before [--concurrency 16 --duration 10 --rounds 4]
+    python -m bench.loadtest_baseline --baseline-tree /tmp/before [--bundle DIR --concurrency 16 --rounds 4]
 
-Both servers serve the default bundle with their default settings, started by this interpreter, each in its own
-tree (`python -m` puts the tree first on sys.path); the one not measured is stopped (SIGSTOP). Each round runs
-`beem loadtest` (this tree's load generator for both, closed loop, its policies interleaved) against one tree, then
-the other, the order swapped every round. Prints throughput and p50 / p95 per tree and policy (medians over
+Both servers serve the default bundle (or `--bundle`) with their default settings, started by this interpreter,
+each in its own tree (`python -m` puts the tree first on sys.path); the one not measured is stopped (SIGSTOP). Each
+round runs `beem loadtest` (this tree's load generator for both, closed loop, its policies interleaved) against one
+tree, then the other, the order swapped every round. Prints throughput and p50 / p95 per tree and policy (medians over
 rounds) and the ratios this tree / baseline (throughput: above 1 is faster; latency: below 1 is faster).
 """
 
@@ -27,8 +27,8 @@ from service.settings import DEFAULT_BUNDLE
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _server(tree: Path) -> ServerProcess:
-    command = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(REPO_ROOT / DEFAULT_BUNDLE)]
+def _server(tree: Path, bundle: Path) -> ServerProcess:
+    command = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(REPO_ROOT / bundle)]
     return ServerProcess(command, cwd=tree)
 
 
@@ -44,6 +44,8 @@ def _loadtest(url: str, args: argparse.Namespace) -> dict[str, dict[str, float]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline-tree", type=Path, required=True)
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="what both trees serve (a version the "
+                        "baseline can read: a newer tree's may name policies it lacks)")  # fmt: skip
     parser.add_argument("--policies", default="beem-a,full")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per policy per round")
@@ -53,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     trees = {"this": REPO_ROOT, "baseline": args.baseline_tree.resolve()}
     runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in trees}
-    servers = {name: _server(tree) for name, tree in trees.items()}
+    servers = {name: _server(tree, args.bundle) for name, tree in trees.items()}
     try:
         for server in servers.values():
             server.pause()

@@ -3,7 +3,7 @@ change on a request path (issues 13 and 21).
 
     git worktree add /tmp/before <commit>   # the tree to compare with (its own .venv not needed)
     make caption-data                       # the caption bundle's test-split images come from Fashion-MNIST
-    python -m bench.request_overhead --baseline-tree /tmp/before [--tasks classification,caption]
+    python -m bench.request_overhead --baseline-tree /tmp/before [--tasks classification,caption] [--bundle DIR]
 
 Real servers, one per tree and task, all run by this interpreter on the committed bundles with the server's own
 default torch threads (what a deployment serves with; `--torch-threads N` pins them), take sequential requests
@@ -69,7 +69,9 @@ def caption_probes(work_dir: Path) -> list[Probe]:
 def _server(tree: Path, bundle: Path, torch_threads: int | None) -> ServerProcess:
     # Run in the tree: `python -m` puts the working directory first on sys.path, so the child imports `service`
     # and `beem` from that tree, ahead of this checkout's editable install.
-    command = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle)]
+    # Sequential requests never queue, but a caption at full depth can be estimated over the default 500 ms wait
+    # budget on a slow, shared machine and refused (429): admission is not what this measures.
+    command = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--max-queue-wait-ms", "60000"]
     if torch_threads is not None:
         command += ["--torch-threads", str(torch_threads)]
     return ServerProcess(command, cwd=tree)
@@ -135,13 +137,17 @@ def main() -> None:
     arguments.add_argument("--caption-requests", type=int, default=120, help="per caption policy and tree")
     arguments.add_argument("--rounds", type=int, default=10)
     arguments.add_argument("--torch-threads", type=int, help="pin every server's torch threads (default: theirs)")
+    arguments.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="the classification bundle both trees "
+                           "serve (a version the baseline tree can read: one a newer tree wrote may name policies "
+                           "it lacks)")  # fmt: skip
     arguments.add_argument("--out", help="write the result as JSON here")
     args = arguments.parse_args()
     trees = {"baseline": Path(args.baseline_tree).resolve(), "this": REPO_ROOT}
     result: dict[str, object] = {"baseline_tree": str(trees["baseline"]), "torch_threads": args.torch_threads}
     tasks = args.tasks.split(",")
     if "classification" in tasks:
-        times = measure(trees, DEFAULT_BUNDLE, classification_probes(), args.requests, args.rounds, args.torch_threads)
+        probes = classification_probes()
+        times = measure(trees, Path(args.bundle), probes, args.requests, args.rounds, args.torch_threads)
         result.update(summary(times))
     if "caption" in tasks:
         probes = caption_probes(REPO_ROOT / "runs" / "caption-evaluation")  # generated scenes, kept for the next run

@@ -15,14 +15,21 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 
 
+def _param_text(key: str, value: Any) -> str:
+    """One parameter as the table shows it: numbers shortened; the exit gate's weights (a JSON object of some 150
+    numbers, in the manifest) as its shape and checksum."""
+    if isinstance(value, float):
+        return f"{key}={value:.4g}"
+    if isinstance(value, dict) and "sha256" in value:
+        shape = f"{len(value.get('features', ()))}-{value.get('hidden_units')}-1 MLP"
+        return f"{key}={shape}, sha256 {str(value['sha256'])[:12]}"
+    return f"{key}={value}"
+
+
 def _policy_rows(policies: dict[str, Any], num_layers: int) -> list[str]:
     rows = []
     for name, entry in policies.items():
-        params = ", ".join(
-            f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-            for key, value in entry["params"].items()
-            if key != "weights"
-        )
+        params = ", ".join(_param_text(key, value) for key, value in entry["params"].items() if key != "weights")
         rows.append(
             f"| {name} | {entry['accuracy'] * 100:.2f} | {entry['mean_exit_layer']:.3f} | "
             f"{num_layers / entry['mean_exit_layer']:.2f}x | {params or '-'} |"
