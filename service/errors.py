@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from beem.policies.policy_table import POLICY_NAMES, PolicyParameterError
+from beem.policies.policy_parameters import PolicyParameterError
+from beem.policies.policy_table import POLICY_NAMES
 from service.engine.admission_queue import EngineClosedError, QueueFullError
 from service.schemas import INPUT_SHAPE_TAGS
 

@@ -21,7 +21,8 @@ from beem.bundle.manifest import (
 from beem.model.exit_heads import ExitHeadSpec
 from beem.model.multi_exit_model import MultiExitModel
 from beem.policies.exit_policies import ExitPolicy
-from beem.policies.policy_table import PolicyParameterError, build_policy
+from beem.policies.policy_parameters import PolicyParameterError
+from beem.policies.policy_table import build_policy
 
 
 class ManifestFields:

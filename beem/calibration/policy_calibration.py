@@ -33,7 +33,8 @@ from beem.calibration.threshold_search import (
 )
 from beem.policies.exit_policies import BeemPolicy, ExitPolicy
 from beem.policies.oracle import oracle_exit_layers
-from beem.policies.policy_table import POLICY_TABLE, CalibrationStart, json_number, policy_params_json
+from beem.policies.policy_parameters import json_number
+from beem.policies.policy_table import POLICY_TABLE, CalibrationStart, policy_params_json
 
 CURVE_POINTS_KEPT = 200
 

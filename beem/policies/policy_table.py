@@ -18,14 +18,14 @@ derives it from `POLICY_TABLE`:
 Adding a policy is one entry here plus its score rule (a test adds one: tests/unit/test_adding_a_policy.py);
 tests/unit/test_policy_table.py fails when an `ExitPolicy` subclass is not covered by every derived piece.
 
-Parameters travel as JSON, where +inf ("never exit early") is written as the string "inf" (and -inf as "-inf").
+Parameters (`policy_parameters.py`) travel as JSON, where +inf ("never exit early") is written as the string "inf".
 Torch-free, like the per-sample reference it builds (DESIGN 4).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
@@ -36,7 +36,7 @@ from beem.policies.earliest_exit import (
     bounded_score_earliest_exit,
     counted_layers_earliest_exit,
 )
-from beem.policies.exit_gate import ExitGatePolicy, GateWeights
+from beem.policies.exit_gate import ExitGatePolicy
 from beem.policies.exit_policies import (
     RESET_MODES,
     BeemPolicy,
@@ -48,6 +48,12 @@ from beem.policies.exit_policies import (
     StaticPolicy,
     beem_a_weights,
     beem_c_weights,
+)
+from beem.policies.policy_parameters import (
+    PolicyParameter,
+    PolicyParameterError,
+    json_number,
+    parameter_value,
 )
 
 
@@ -61,28 +67,6 @@ class ArrayRule(IntEnum):
     PATIENCE = 3  # agreeing exits in a row
     DEPTH = 4  # the layer number: static and full depth
     GATE = 5  # the exit gate's log-odds of agreeing with the final layer (exit_gate.py)
-
-
-class PolicyParameterError(ValueError):
-    """A policy name or parameter a user cannot use; the message says which and why."""
-
-
-ParameterKind = Literal["number", "whole", "flag", "choice", "weights", "gate"]
-
-
-@dataclass(frozen=True)
-class PolicyParameter:
-    name: str
-    kind: ParameterKind
-    description: str
-    default: object = None  # None: required (a calibrated value)
-    low: float = -math.inf
-    high: float = math.inf  # both inclusive
-    at_most_num_layers: bool = False  # the upper bound is the model's depth
-    never: float | None = None  # a value outside [low, high] that means "never exit early" (what calibration
-    # writes when no threshold is feasible)
-    choices: tuple[str, ...] = ()
-    per_request: bool = False  # a request may override the calibrated value
 
 
 @dataclass(frozen=True)
@@ -339,56 +323,6 @@ def _untrained() -> ExitPolicy:
     raise TypeError("the exit gate has no starting point: calibration trains it (exit_gate_calibration.py)")
 
 
-def json_number(value: float) -> float | str:
-    """JSON has no infinity; +inf / -inf are written as the strings "inf" / "-inf" (which `float` reads back)."""
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
-
-
-def _number(parameter: PolicyParameter, raw: object, num_layers: int) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-        raise PolicyParameterError(f"parameter {parameter.name!r} must be a number, got {raw!r}")
-    try:
-        value = float(raw)
-    except ValueError as error:
-        raise PolicyParameterError(f"parameter {parameter.name!r} must be a number, got {raw!r}") from error
-    if parameter.never is not None and value == parameter.never:
-        return value
-    high = min(parameter.high, num_layers) if parameter.at_most_num_layers else parameter.high
-    if math.isnan(value) or not parameter.low <= value <= high:
-        raise PolicyParameterError(
-            f"parameter {parameter.name!r} must be in [{parameter.low:g}, {high:g}], got {raw!r}"
-        )
-    if parameter.kind == "whole" and not math.isinf(value) and value != int(value):
-        raise PolicyParameterError(f"parameter {parameter.name!r} must be a whole number, got {raw!r}")
-    return value
-
-
-def _value(parameter: PolicyParameter, raw: object, num_layers: int) -> object:
-    if parameter.kind in ("number", "whole"):
-        return _number(parameter, raw, num_layers)
-    if parameter.kind == "flag":
-        if not isinstance(raw, bool):
-            raise PolicyParameterError(f"parameter {parameter.name!r} must be true or false, got {raw!r}")
-        return raw
-    if parameter.kind == "choice":
-        if raw not in parameter.choices:
-            raise PolicyParameterError(f"parameter {parameter.name!r} must be one of {parameter.choices}, got {raw!r}")
-        return raw
-    if parameter.kind == "gate":
-        try:
-            return GateWeights.from_json(raw, num_layers)
-        except ValueError as error:
-            raise PolicyParameterError(f"parameter {parameter.name!r}: {error}") from error
-    if not isinstance(raw, Sequence) or isinstance(raw, str) or len(raw) != num_layers:
-        raise PolicyParameterError(f"parameter {parameter.name!r} needs {num_layers} numbers, got {raw!r}")
-    weights = tuple(_number(PolicyParameter(parameter.name, "number", "", low=0.0), w, num_layers) for w in raw)
-    if any(math.isinf(w) for w in weights):
-        raise PolicyParameterError(f"parameter {parameter.name!r} must be finite, got {raw!r}")
-    return weights
-
-
 def definition_of(name: str) -> PolicyDefinition:
     definition = POLICY_TABLE.get(name)
     if definition is None:
@@ -410,7 +344,7 @@ def build_policy(name: str, params: Mapping[str, object], num_layers: int, num_l
         raw = params.get(parameter.name, parameter.default)
         if raw is None:
             raise PolicyParameterError(f"parameter {parameter.name!r} is required")
-        values[parameter.name] = _value(parameter, raw, num_layers)
+        values[parameter.name] = parameter_value(parameter, raw, num_layers)
     values[NUM_LABELS] = num_labels
     return definition.make(values)
 

@@ -35,12 +35,11 @@ from beem.policies.exit_policies import (
     PolicyState,
     run_sample,
 )
+from beem.policies.policy_parameters import PolicyParameter, PolicyParameterError
 from beem.policies.policy_table import (
     POLICY_TABLE,
     RULE_OF_CLASS,
     PolicyDefinition,
-    PolicyParameter,
-    PolicyParameterError,
     build_policy,
     earliest_exit_layer,
     policy_added,

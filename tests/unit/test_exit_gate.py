@@ -18,7 +18,8 @@ from beem.calibration.learn_then_test import sample_losses
 from beem.calibration.threshold_search import exit_layers_at, score_trajectories
 from beem.policies.exit_gate import GATE_FEATURES, ExitGatePolicy
 from beem.policies.exit_policies import ExitObservation, FullDepthPolicy, PolicyState, run_sample
-from beem.policies.policy_table import PolicyParameterError, build_policy, policy_params_json
+from beem.policies.policy_parameters import PolicyParameterError
+from beem.policies.policy_table import build_policy, policy_params_json
 from tests.engine.engine_driver import TEXTS, loaded_engine, submit
 from tests.policy_examples import example_gate_policy
 
