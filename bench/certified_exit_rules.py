@@ -20,8 +20,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from beem.bundle.manifest import CALIBRATION_CACHE_FILE, read_manifest, resolve_bundle_dir
 from beem.calibration.exit_cache import ExitCache
 from beem.calibration.learn_then_test import RISKS, sample_losses
@@ -150,5 +148,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()

@@ -98,7 +98,8 @@ def _assert_served_policies_match_their_certificates(bundle_dir: Path, cache: Ex
     bundle = load_bundle(bundle_dir)  # verifies every file's sha256
     agreement = replace(cache, targets=cache.exit_labels[:, -1].copy())
     # The gate is fitted on one half of the samples and certified on the other (exit_gate_calibration).
-    samples_of = {cache.num_samples: agreement, split_in_two(agreement)[1].num_samples: split_in_two(agreement)[1]}
+    certifying_half = split_in_two(agreement)[1]
+    samples_of = {cache.num_samples: agreement, certifying_half.num_samples: certifying_half}
     certified = 0
     for name, record in read_manifest(bundle_dir).policies.items():
         if record.guarantee is None:
