@@ -68,6 +68,18 @@ def test_every_sampled_early_exit_is_compared_with_full_depth(shadowing: TestCli
     assert metric(metrics, "beem_accuracy_budget") == 0.005
 
 
+def settled_threshold_and_metrics(client: TestClient, attempts: int = 50) -> tuple[float, str]:
+    """beem-a's live threshold and a /metrics text read while it did not change (read before and after)."""
+    for _ in range(attempts):
+        before = shadow_entry(client)["policies"]["beem-a"]["live_threshold"]  # type: ignore[index]
+        metrics = client.get("/metrics").text
+        after = shadow_entry(client)["policies"]["beem-a"]["live_threshold"]  # type: ignore[index]
+        if before == after:
+            return float(after), metrics
+        time.sleep(0.05)
+    raise AssertionError(f"beem-a's threshold kept changing over {attempts} reads")
+
+
 def drifted_texts(count: int, seed: int = 0) -> list[str]:
     """A shifted input distribution: the movie snippets' words, shuffled across snippets into new sentences."""
     words = " ".join(TEXTS).lower().replace(",", "").replace(".", "").split()
@@ -110,11 +122,14 @@ def test_online_control_raises_alpha_under_drift_until_agreement_recovers(tiny_b
         assert thresholds[-1] > calibrated, "alpha should rise when agreement falls below the target"
         assert all(later >= earlier for earlier, later in itertools.pairwise(thresholds))
         assert agreements[-1] is not None and agreements[-1] >= target, (thresholds, agreements)
-        metrics = client.get("/metrics").text
-        assert metric(metrics, "beem_policy_threshold", policy="beem-a") == thresholds[-1]
+        # Shadow comparisons of the last requests finish after their answers and may step the controller again, so
+        # the exported threshold is compared with the live one read on both sides of the same /metrics read.
+        live, metrics = settled_threshold_and_metrics(client)
+        assert live >= thresholds[-1]
+        assert metric(metrics, "beem_policy_threshold", policy="beem-a") == live
         ups = metric(metrics, "beem_policy_threshold_changes_total", policy="beem-a", direction="up",
                      reason="agreement")  # fmt: skip
-        assert ups == len(set(thresholds)) - 1
+        assert ups >= len(set([*thresholds, live])) - 1  # two steps between reads show as one change
 
 
 def test_captions_are_shadowed_and_compared_token_for_token(tiny_caption_bundle_dir: Path) -> None:
