@@ -3,54 +3,33 @@ own `forward` at full depth, then the final exit head) behind a minimal FastAPI 
 
     python -m bench.plain_forward_server --bundle model_store/minilm-rt-sentiment --port 8100
 
-It answers `POST /v1/classify` with the subset of our response that `beem loadtest` reads, so the same load
-generator drives both servers. The handler runs the model inline on the event loop, as a minimal server would:
-requests are served strictly one at a time, with no batching.
+The `plain` peer of bench/runtime_peers (`peer_server.py` with `--peer plain`), kept under this name for
+bench.standard_comparison.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import torch
 import uvicorn
 from fastapi import FastAPI
-from pydantic import BaseModel
 
 from beem.bundle.bundle_reader import load_bundle
+from beem.bundle.manifest import resolve_bundle_dir
+from bench.runtime_peers.peer_models import build_peer
+from bench.runtime_peers.peer_server import DEFAULT_WORK_DIR, create_peer_app
 from service.settings import DEFAULT_BUNDLE
 
-
-class PlainRequest(BaseModel):
-    inputs: str
-    policy: dict[str, Any] | None = None  # accepted and ignored: this server always runs every layer
+PLAIN_POLICY_NAME = "plain-forward"
 
 
 def create_plain_app(bundle_dir: Path) -> FastAPI:
-    bundle = load_bundle(bundle_dir)
-    encoder, heads, tokenizer = bundle.model.backbone.model, bundle.model.heads, bundle.tokenizer
-    last_exit = bundle.num_layers - 1
-    app = FastAPI(title="plain transformers forward (baseline)")
-
-    @app.get("/readyz")
-    async def readyz() -> dict[str, str]:
-        return {"status": "ready"}
-
-    @app.post("/v1/classify")
-    async def classify(body: PlainRequest) -> dict[str, Any]:
-        encoded = tokenizer(body.inputs, truncation=True, max_length=bundle.max_length, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = encoder(**encoded).last_hidden_state  # (1, T, H)
-            probabilities = torch.softmax(heads(last_exit, hidden, encoded["attention_mask"]), dim=-1)[0]
-        label = int(probabilities.argmax())
-        return {"results": [{
-            "label": bundle.labels[label], "score": float(probabilities[label]),
-            "exit_layer": bundle.num_layers, "num_layers": bundle.num_layers, "policy": "plain-forward",
-        }]}  # fmt: skip
-
-    return app
+    bundle = load_bundle(resolve_bundle_dir(bundle_dir))
+    peer = build_peer("plain", bundle, DEFAULT_WORK_DIR, torch.get_num_threads())
+    peer.name = PLAIN_POLICY_NAME
+    return create_peer_app(bundle, peer)
 
 
 def main() -> None:
