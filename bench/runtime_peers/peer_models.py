@@ -99,7 +99,7 @@ def build_peer(name: str, bundle: LoadedBundle, work_dir: Path, threads: int) ->
         peer = Peer(name, run_torch, seconds)
     else:
         raise ValueError(f"unknown peer {name!r}; expected one of {', '.join(PEERS)}")
-    # Batch 1 and 16 at two lengths: the shapes the benchmark sends (compilation happens here for torch-compile).
+    # Batches of 2 and 16 of two lengths, then 1: the shapes the benchmark sends (torch-compile compiles here).
     _timed(peer.preparation_s, "warm_up", lambda: [peer.logits(list(WARM_UP_TEXTS) * n)
                                                    for n in (1, 8) for _ in range(2)])  # fmt: skip
     peer.logits(WARM_UP_TEXTS[:1])
