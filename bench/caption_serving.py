@@ -54,15 +54,23 @@ def main() -> None:
     arguments.add_argument("--policies", default="full,beem-a,beem-c")
     arguments.add_argument("--device", default="auto")
     arguments.add_argument("--out", help="also write the JSON here (a folder)")
+    arguments.add_argument(
+        "--max-queue-wait-ms",
+        type=float,
+        help="the server's wait budget (its default sheds most 16-client captions on 2 cores)",
+    )
     args = arguments.parse_args()
     bundle_dir = resolve_bundle_dir(Path(args.bundle))
     folder = Path(args.images) if args.images else copy_test_split_images(bundle_dir, Path(args.work_dir), 300)
     workload = image_workload(folder)
     policies = tuple(args.policies.split(","))
     command = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir), "--device", args.device]
+    if args.max_queue_wait_ms is not None:
+        command += ["--max-queue-wait-ms", str(args.max_queue_wait_ms)]
     results: dict[str, object] = {
         "bundle": str(bundle_dir.relative_to(REPO_ROOT) if bundle_dir.is_relative_to(REPO_ROOT) else bundle_dir),
         "images": len(workload.images),
+        "max_queue_wait_ms": args.max_queue_wait_ms,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         + (torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "CPU"),
     }
