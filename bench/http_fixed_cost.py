@@ -7,13 +7,12 @@ deliverable 3).
 Per policy (static at layer 1: the least work a request can do; full depth; the bundle's default), the median
 latency both ways and their difference: HTTP, validation, routing, the hop to the engine's thread and back, and
 the load generator's client. The server is stopped (SIGSTOP) while the in-process engine runs, and the order of
-the two is swapped every round. Writes `http_fixed_cost_cpu.json` under --out.
+the two is swapped every round. Writes `http_fixed_cost_cpu.json` and `.md` under --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from beem.bundle.bundle_reader import load_bundle
 from beem.bundle.manifest import resolve_bundle_dir
 from beem.policies.exit_policies import ExitPolicy, FullDepthPolicy, StaticPolicy
 from bench.engine_in_thread import classify_ids, engine_in_thread
+from bench.result_files import write_results
 from bench.server_process import ServerProcess
 from loadtest.workload import text_workload
 from service.settings import DEFAULT_BUNDLE
@@ -75,14 +75,23 @@ def main() -> None:
     arguments.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     arguments.add_argument("--texts", type=int, default=100)
     arguments.add_argument("--rounds", type=int, default=4)
-    arguments.add_argument("--out", help="write http_fixed_cost_cpu.json here (e.g. bench/results)")
+    arguments.add_argument("--out", help="write http_fixed_cost_cpu.json and .md here (e.g. bench/results)")
     args = arguments.parse_args()
     result = run(resolve_bundle_dir(Path(args.bundle)), args.texts, args.rounds)
-    text = json.dumps(result, indent=1)
-    print(text)
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "http_fixed_cost_cpu.json").write_text(text)
+        write_results(Path(args.out), "http_fixed_cost_cpu", result, markdown(result))
+    else:
+        print(markdown(result))
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"`python -m bench.http_fixed_cost` on {result['bundle']}, {result['texts']} test texts, "
+             f"{result['rounds']} alternating rounds, medians.", "",
+             "| policy | HTTP p50 ms | in process p50 ms | HTTP adds ms |", "|---|---|---|---|"]  # fmt: skip
+    for name, entry in result["policies"].items():
+        lines.append(f"| {name} | {entry['http_p50_ms']:.2f} | {entry['in_process_p50_ms']:.2f} | "
+                     f"{entry['http_adds_ms']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
