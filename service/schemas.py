@@ -235,7 +235,10 @@ class EarlyExitInfo(BaseModel):
     default_policy: str
     policies: list[str]
     backbone: str
-    engine_path: str = Field(description="'device' or 'host' (service/engine/classify/device/device_path.py)")
+    engine_path: str = Field(description="'device', 'host' or 'compiled' (service/engine/classify/layer_paths.py)")
+    engine_path_detail: str | None = Field(
+        None, description="the compiled path: its warm-up compilation time, or why it fell back to eager"
+    )
     guarantees: dict[str, PolicyGuarantee] | None = Field(
         None, description="by policy, the certified risk of those calibrated by Learn then Test; null: none were"
     )

@@ -81,10 +81,11 @@ class ServerSettings(BaseSettings):
         "oldest",
         description="which group of rows the engine advances next (service/engine/classify/group_selection.py)",
     )
-    engine_path: Literal["auto", "host", "device"] = Field(
+    engine_path: Literal["auto", "host", "device", "compiled"] = Field(
         "auto", description="classification engine's layer path: 'device' keeps state and decisions on the device "
         "(CUDA graphs, one read back per step; service/engine/classify/device/), 'host' the CPU-tuned loop "
-        "(service/engine/classify/host/); auto: device on CUDA",
+        "(service/engine/classify/host/), 'compiled' the host loop with torch.compile'd layers and exit heads "
+        "(eager if compiling fails; service/engine/classify/compiled/); auto: device on CUDA, host otherwise",
     )  # fmt: skip
     cuda_graphs: bool = Field(True, description="device path on CUDA: capture each bucket's layer steps as graphs")
     step_row_buckets: str = Field(

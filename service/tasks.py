@@ -68,7 +68,7 @@ def _classification_engine(parts: EngineParts, settings: ServerSettings) -> Clas
     return ClassificationEngine(
         task=parts.task, queue=parts.queue, ledger=parts.ledger, drain=parts.drain, metrics=parts.metrics,
         budget=parts.budget, device=settings.device, dtype=settings.dtype,
-        engine_path="device" if uses_device_path(settings) else "host", device_path_options=options,
+        engine_path=resolved_engine_path(settings), device_path_options=options,
     )  # fmt: skip
 
 
@@ -76,6 +76,13 @@ def _caption_engine(parts: EngineParts, settings: ServerSettings) -> CaptionEngi
     return CaptionEngine(task=parts.task, queue=parts.queue, ledger=parts.ledger, drain=parts.drain,
                          metrics=parts.metrics, budget=parts.budget, device=settings.device,
                          dtype=settings.dtype)  # fmt: skip
+
+
+def resolved_engine_path(settings: ServerSettings) -> str:
+    """The layer path's name (`classify/layer_paths.py`), `auto` resolved."""
+    if settings.engine_path == "auto":
+        return "device" if uses_device_path(settings) else "host"
+    return settings.engine_path
 
 
 def uses_device_path(settings: ServerSettings) -> bool:

@@ -64,6 +64,7 @@ async def info(request: Request, models: Models) -> InfoResponse:
             policies=list(manifest.policies),
             backbone=str(manifest.backbone.get("name") or manifest.backbone.get("model_type") or "unknown"),
             engine_path=engine.engine_path,
+            engine_path_detail=getattr(engine.path, "detail", None),
             guarantees=guarantees or None,
         ),
     )  # fmt: skip

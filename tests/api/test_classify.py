@@ -1,5 +1,6 @@
-"""POST /v1/classify and POST /predict through the real app and engine, on both engine paths: the host path
-(the CPU's default) and the device path (CUDA's default; here on the CPU, every step eager)."""
+"""POST /v1/classify and POST /predict through the real app and engine, on every engine path: the host path
+(the CPU's default), the device path (CUDA's default; here on the CPU, every step eager) and the compiled path (the
+host path with torch.compile'd layers and heads)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.api.conftest import ready_client
 TEXTS = ["a gorgeous, moving film", "dull and far too long", "the plot never comes together"]
 
 
-@pytest.fixture(scope="module", params=["host", "device"])
+@pytest.fixture(scope="module", params=["host", "device", "compiled"])
 def client(request: pytest.FixtureRequest, tiny_bundle_dir: Path) -> Iterator[TestClient]:
     yield from ready_client(ServerSettings(bundle=tiny_bundle_dir, max_inputs_per_request=8, max_body_bytes=4096,
                                            max_input_tokens=16, engine_path=request.param))  # fmt: skip
@@ -117,3 +118,13 @@ def test_models_and_metrics(client: TestClient) -> None:
     assert device_steps == (client.app.state.settings.engine_path == "device")  # type: ignore[attr-defined]
     assert client.get("/healthz").json() == {"status": "alive"}
     assert client.get("/docs").status_code == 200
+
+
+def test_info_names_the_engine_path_and_what_the_compiled_one_did(client: TestClient) -> None:
+    early_exit = client.get("/info").json()["early_exit"]
+    engine_path = client.app.state.settings.engine_path  # type: ignore[attr-defined]
+    assert early_exit["engine_path"] == engine_path
+    if engine_path == "compiled":
+        assert early_exit["engine_path_detail"].startswith("compiled with torch.compile in ")
+    else:
+        assert early_exit["engine_path_detail"] is None

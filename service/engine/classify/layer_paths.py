@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from service.engine.classify.compiled.compiled_path import CompiledPath
 from service.engine.classify.device.device_path import DevicePath, DevicePathOptions
 from service.engine.classify.host.host_path import HostPath
 from service.engine.classify.layer_path import LayerPath, PathSetting
@@ -15,5 +16,6 @@ PathFactory = Callable[[PathSetting], LayerPath]
 # name -> the factory, given the device path's options (the host path has none)
 LAYER_PATHS: dict[str, Callable[[DevicePathOptions], PathFactory]] = {
     HostPath.name: lambda options: HostPath,
+    CompiledPath.name: lambda options: CompiledPath,
     DevicePath.name: lambda options: partial(DevicePath, options=options),
 }

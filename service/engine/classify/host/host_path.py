@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 
+from beem.model.layerwise_backbone import EncoderState
 from beem.policies.array_policies import ExitObservations, RowPolicies, RowStates, decide
 from beem.policies.policy_table import RULE_OF_CLASS
 from service.engine.abandoned_rows import CancellationWatch, abandoned_fate
@@ -37,6 +38,9 @@ class HostPath:
         self.groups: list[RowGroup] = []  # waiting for their next step, at most one per depth unless too wide
         self._current: RowGroup | None = None  # the group the running step took out of `groups`
         self._layer_batch_size = setting.layer_batch_sizes()
+        # What runs a layer and an exit head (`run_layer`, `exit_logits`): the model itself here; the compiled
+        # path (`compiled/compiled_path.py`) puts its compiled functions in its place.
+        self.layers: LayerRunner = setting.bundle.model
 
     @property
     def inflight_rows(self) -> int:
@@ -139,15 +143,15 @@ class HostPath:
 
     def _advance(self, group: RowGroup) -> RowGroup | None:
         """Layer `depth + 1` and its exit head for the whole group; the rows that exit leave now."""
-        model = self.bundle.model
+        layers = self.layers
         layer = group.depth + 1
         self._layer_batch_size[layer].observe(group.num_rows)
         if layer < group.next_head_layer:  # only depth-only rows that do not leave here: skip the head
-            group.encoder = model.run_layer(group.encoder)
+            group.encoder = layers.run_layer(group.encoder)
             return group
         states = group.current_states()  # caught up to `depth` before this layer
-        group.encoder = model.run_layer(group.encoder)
-        logits = model.exit_logits(group.encoder)  # (R, C)
+        group.encoder = layers.run_layer(group.encoder)
+        logits = layers.exit_logits(group.encoder)  # (R, C)
         observed = ExitObservations.from_logits(logits, group.reads_entropy, group.reads_margin)
         group.states, exits = decide(states, observed, group.policies, group.rules)
         group.states_layers = layer
@@ -159,7 +163,15 @@ class HostPath:
             return group
         self.setting.exits.answered(_left_rows(group, exit_now, observed, logits, layer))
         keep = ~exit_now
-        return group.take(keep, model.backbone) if keep.any() else None
+        return group.take(keep, self.bundle.model.backbone) if keep.any() else None
+
+
+class LayerRunner(Protocol):
+    """How a path runs the next layer and reads its exit head (a `MultiExitModel`, or compiled functions)."""
+
+    def run_layer(self, state: EncoderState) -> EncoderState: ...
+
+    def exit_logits(self, state: EncoderState) -> torch.Tensor: ...
 
 
 def _left_rows(
