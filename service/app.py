@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -26,11 +27,12 @@ from service.metrics import ServerMetrics
 from service.model_versions.hot_swap import VersionWatcher
 from service.model_versions.model_registry import ModelRegistry
 from service.model_versions.served_version import build_engine
-from service.routes import admin, caption, classify, operations, predict, tei_info, tokenize
+from service.routes import admin, caption, classify, open_inference, operations, predict, tei_info, tokenize
 from service.settings import ServerSettings
-from service.tasks import CAPTION, CLASSIFICATION, TASKS, uses_device_path
+from service.tasks import CAPTION, CLASSIFICATION, OPEN_INFERENCE_INFER_ROUTE, TASKS, uses_device_path
 
 log = logging.getLogger(__name__)
+OPEN_INFERENCE_INFER = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 # The routers each task serves, mounted when a served model is of that task (service/tasks.py says why here).
 TASK_ROUTERS = {
     CLASSIFICATION.name: (classify.router, predict.router, tokenize.router, tei_info.router),
@@ -81,6 +83,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             counted |= task.api_routes
     app.include_router(operations.router)
     app.include_router(admin.router)
+    app.include_router(open_inference.health_router)
+    app.include_router(open_inference.router)
     # Added last = outermost: requests rejected for their size are counted too.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, counted=counted)
@@ -112,6 +116,8 @@ class RequestMetricsMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # GET / is TEI's health probe, POST / its predict: only the latter is API traffic.
         path = scope.get("path")
+        if scope["type"] == "http" and path not in self.counted and OPEN_INFERENCE_INFER.match(path or ""):
+            path = OPEN_INFERENCE_INFER_ROUTE  # one label for every model's infer path, not one per name
         if scope["type"] != "http" or path not in self.counted or (path == "/" and scope["method"] != "POST"):
             await self.app(scope, receive, send)
             return
@@ -128,9 +134,9 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, record_status)
         finally:
             state = scope.get("state") or {}
-            self.metrics.requests.labels(scope["path"], state.get("model", "none"), state.get("policy", "none"),
+            self.metrics.requests.labels(path, state.get("model", "none"), state.get("policy", "none"),
                                          str(status)).inc()  # fmt: skip
-            self.metrics.request_duration.labels(scope["path"]).observe(time.perf_counter() - started)
+            self.metrics.request_duration.labels(path).observe(time.perf_counter() - started)
 
 
 class BodySizeLimitMiddleware:

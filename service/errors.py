@@ -34,6 +34,14 @@ class InputValidationError(ServiceError):
     error_type = "validation"
 
 
+class ProtocolError(ServiceError):
+    """An Open Inference Protocol request the protocol does not allow or this model cannot read (400, the status
+    the protocol names for a failed request; its body's "error" is what the protocol's error object holds)."""
+
+    status_code = 400
+    error_type = "bad_request"
+
+
 class PayloadTooLargeError(ServiceError):
     status_code = 413
     error_type = "payload_too_large"

@@ -92,19 +92,33 @@ def uses_device_path(settings: ServerSettings) -> bool:
     return resolve_device(settings.device, settings.dtype)[0].type == "cuda"
 
 
+# beem_requests_total's route label for every model's Open Inference Protocol infer path, named or versioned
+# (routes/open_inference.py), so a label per model name does not grow the metric.
+OPEN_INFERENCE_INFER_ROUTE = "/v2/models/{name}/infer"
 CLASSIFICATION = Task(
     name="classification",
     make_engine=_classification_engine,
     make_service=ClassificationService,
     answer_type=ClassAnswer,
-    api_routes=frozenset({"/v1/classify", "/predict", "/", "/invocations", "/tokenize", "/info", "/v1/models"}),
+    api_routes=frozenset(
+        {
+            "/v1/classify",
+            "/predict",
+            "/",
+            "/invocations",
+            "/tokenize",
+            "/info",
+            "/v1/models",
+            OPEN_INFERENCE_INFER_ROUTE,
+        }
+    ),
 )
 CAPTION = Task(
     name="caption",
     make_engine=_caption_engine,
     make_service=CaptionService,
     answer_type=CaptionAnswer,
-    api_routes=frozenset({"/v1/caption", "/v1/models"}),
+    api_routes=frozenset({"/v1/caption", "/v1/models", OPEN_INFERENCE_INFER_ROUTE}),
 )
 TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, CAPTION)}
 

@@ -161,9 +161,12 @@ def test_kserve_example_runs_the_same_server() -> None:
     assert container["image"] == _server_container()["image"]
     assert container["command"] + container["args"] == _server_container()["command"] + _server_container()["args"]
     port = container["ports"][0]["containerPort"]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    # The Open Inference Protocol's health routes (service/routes/open_inference.py), as KServe's v2 expects.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
+    assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
     env = _env(container)
+    assert env["PROTOCOL"]["value"] == "v2", "a custom predictor declares KServe's v2 protocol with PROTOCOL"
     assert env["STORAGE_URI"]["value"].startswith("pvc://")
     assert env["BEEM_BUNDLE"]["value"].startswith("/mnt/models"), "KServe puts the STORAGE_URI's files there"
 

@@ -25,10 +25,12 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, bundle: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, bundle: Path | None, *flags: str, env: dict[str, str] | None = None) -> None:
+        """`bundle` None: the flags say what to serve (`--model-store`)."""
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", str(self.port)]
+        served = [] if bundle is None else ["--bundle", str(bundle)]
+        command = [sys.executable, "-m", "service.cli", "serve", *served, "--port", str(self.port)]
         self.process = subprocess.Popen(
             [*command, *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},

@@ -53,10 +53,16 @@ class CompiledPath(HostPath):
         states = []
         for texts in WARM_UP_TEXTS:
             encoded = self.bundle.tokenizer(texts, padding=True, return_tensors="pt")
-            states.append(model.embed(encoded["input_ids"].to(device), encoded["attention_mask"].to(device),
-                                      encoded["token_type_ids"].to(device) if "token_type_ids" in encoded else None))
+            states.append(
+                model.embed(
+                    encoded["input_ids"].to(device),
+                    encoded["attention_mask"].to(device),
+                    encoded["token_type_ids"].to(device) if "token_type_ids" in encoded else None,
+                )
+            )
         longest_alone = states[1].select_rows(torch.tensor([1], device=device))  # (1, T) with the pair's mask
-        for state in (*states, longest_alone):
+        for start in (*states, longest_alone):
+            state = start
             for _ in range(self.bundle.num_layers):
                 state = self.layers.run_layer(state)
                 self.layers.exit_logits(state)
