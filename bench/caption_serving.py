@@ -57,7 +57,7 @@ def main() -> None:
     arguments.add_argument(
         "--max-queue-wait-ms",
         type=float,
-        help="the server's wait budget (its default sheds most 16-client captions on 2 cores)",
+        help="the server's wait budget (default: the caption task's own, 4 s; service/tasks.py)",
     )
     args = arguments.parse_args()
     bundle_dir = resolve_bundle_dir(Path(args.bundle))

@@ -37,7 +37,12 @@ SERVE_FLAGS = (
     ("--max-input-tokens", int, "tokens per input (default: the bundle's max_length)"),
     ("--max-inputs-per-request", int, "inputs in one request before 413"),
     ("--torch-threads", int, "CPU threads for torch"),
-    ("--engine-path", str, "auto | host | device: device keeps decisions on the GPU (auto: device on CUDA)"),
+    (
+        "--engine-path",
+        str,
+        "auto | host | device | compiled: device keeps decisions on the GPU, compiled "
+        "torch.compiles the host path's layers (auto: device on CUDA, host otherwise)",
+    ),
     ("--step-row-buckets", str, "device path: row buckets, e.g. 1,2,4,8,16,32,64,128"),
     ("--step-token-buckets", str, "device path: token buckets, e.g. 16,32,64,128,256"),
 )

@@ -14,7 +14,7 @@ in `TASK_ROUTERS`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from beem.policies.exit_policies import ExitPolicy
@@ -59,6 +59,9 @@ class Task:
     make_service: Callable[[Any, ServerSettings], TaskService]  # (its engine, the settings)
     answer_type: type[RowAnswer]
     api_routes: frozenset[str]  # the routes beem_requests_total counts for it
+    # Admission settings this task's models take when neither their serving.json nor the server sets them
+    # (service/model_versions/model_admission.py).
+    admission_defaults: Mapping[str, float] = field(default_factory=dict)
 
 
 def _classification_engine(parts: EngineParts, settings: ServerSettings) -> ClassificationEngine:
@@ -119,6 +122,10 @@ CAPTION = Task(
     make_service=CaptionService,
     answer_type=CaptionAnswer,
     api_routes=frozenset({"/v1/caption", "/v1/models", OPEN_INFERENCE_INFER_ROUTE}),
+    # A caption row takes hundreds of ms (16 clients on 2 cores: p50 0.79 s, p95 1.66 s; bench/results/
+    # caption_serving_c16_all_answered_cpu.json), so classification's 500 ms budget refused most of a 16-client
+    # load. 4 s is about 2.4x that p95: it answers 16 clients and still sheds once ~70 rows are ahead.
+    admission_defaults={"max_queue_wait_ms": 4000.0},
 )
 TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, CAPTION)}
 

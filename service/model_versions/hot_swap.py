@@ -58,7 +58,7 @@ class VersionWatcher:
         for model in self.registry.models.values():
             version = model.active
             try:
-                await asyncio.to_thread(version.load, self.settings)
+                await asyncio.to_thread(version.load)
             except Exception as error:
                 model.record(version.version, VersionStatus.REFUSED, version.error)
                 log.error("model %s version %s did not load; it stays unready: %s", model.name, version.version, error)
@@ -117,7 +117,7 @@ class VersionWatcher:
                 raise BundleError(directory, f"a {manifest.task} bundle named {manifest.name!r}, not a version of "
                                              f"the {model.task} model {model.name!r}")  # fmt: skip
             new = start_version(self.settings, manifest)
-            await asyncio.to_thread(new.load, self.settings, SWAP_LOADING_THREADS)
+            await asyncio.to_thread(new.load, SWAP_LOADING_THREADS)
         except Exception as error:
             reason = new.error if new is not None and new.error else f"{type(error).__name__}: {error}"
             model.record(version_name, VersionStatus.REFUSED, reason)

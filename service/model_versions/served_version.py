@@ -30,6 +30,7 @@ from service.engine.drain_rate import DrainRate
 from service.engine.row_ledger import RowLedger
 from service.engine.step_engine import EngineBudget, StepEngine
 from service.metrics import ServiceMetrics
+from service.model_versions.model_admission import ModelAdmission, model_admission
 from service.monitoring.alpha_controller import ControlSettings
 from service.monitoring.live_policies import LivePolicies
 from service.monitoring.shadow_monitor import ControlledPolicy, ShadowMonitor
@@ -55,6 +56,7 @@ class ServedVersion:
     manifest: Manifest
     engine: StepEngine[Any, Any]
     service: TaskService
+    admission: ModelAdmission  # the settings this model serves with (its own admission values among them)
     status: VersionStatus = VersionStatus.LOADING
     error: str | None = None
     leases: int = 0  # requests holding this version (event loop only)
@@ -89,7 +91,11 @@ class ServedVersion:
         assert isinstance(self.service, CaptionService)
         return self.service.ready()
 
-    def load(self, settings: ServerSettings, loading_threads: int | None = None) -> None:
+    @property
+    def settings(self) -> ServerSettings:
+        return self.admission.settings
+
+    def load(self, loading_threads: int | None = None) -> None:
         """Load and warm up (blocking: run it off the event loop), then set up the shadow monitor. Raises when the
         bundle cannot be served; the version is then `refused`. `loading_threads`: torch threads to load with (a
         swap loads beside a serving version, at background priority: one thread leaves it the other cores; the
@@ -101,11 +107,11 @@ class ServedVersion:
             # caption 3x on 2 cores (issue 21; StepEngine.load says why).
             self.live_policies = LivePolicies(bundle.policies)
             self.service.live_policies = self.live_policies.view
-            self.monitor = self.service.monitor = build_monitor(self, settings)
+            self.monitor = self.service.monitor = build_monitor(self, self.settings)
 
         try:
             self.engine.loading_threads = loading_threads
-            self.engine.load(self.directory, settings.torch_threads, manifest=self.manifest, set_up=set_up)
+            self.engine.load(self.directory, self.settings.torch_threads, manifest=self.manifest, set_up=set_up)
         except Exception as error:
             self.status, self.error = VersionStatus.REFUSED, f"{type(error).__name__}: {error}"
             self.engine.close(timeout_s=5.0)
@@ -120,11 +126,13 @@ class ServedVersion:
 
 
 def start_version(settings: ServerSettings, manifest: Manifest) -> ServedVersion:
-    """A version whose manifest has been read and verified, with its engine built but not loaded."""
+    """A version whose manifest has been read and verified, with its engine built but not loaded, on its model's
+    own admission settings (`model_admission.py`: read from the model directory, the version's parent)."""
     task = task_named(manifest.task)
-    engine = build_engine(settings, task.name, manifest.num_layers)
-    service = task.make_service(engine, settings)
-    return ServedVersion(manifest.name, manifest.path.parent, manifest, engine, service)
+    admission = model_admission(settings, task.name, manifest.path.parent.parent)
+    engine = build_engine(admission.settings, task.name, manifest.num_layers)
+    service = task.make_service(engine, admission.settings)
+    return ServedVersion(manifest.name, manifest.path.parent, manifest, engine, service, admission)
 
 
 def build_engine(settings: ServerSettings, task_name: str, num_layers: int) -> StepEngine[Any, Any]:

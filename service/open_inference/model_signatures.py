@@ -5,7 +5,8 @@ Classification: input `text` (BYTES, one UTF-8 text per element, any shape), opt
 outputs `label` (BYTES), `score` (FP32, the answering exit's probability of it), `exit_layer` (INT32), each
 [N], and `probabilities` (FP32, [N, K], labels in the model's order) when a request asks for it by name.
 Captioning: input `image` (BYTES, one PNG or JPEG file per element; base64 text when sent as JSON, since JSON
-strings cannot hold raw bytes); outputs `caption` (BYTES), `num_tokens` (INT32), `mean_exit_layer` (FP32).
+strings cannot hold raw bytes); outputs `text_output` (BYTES, the caption: the name Triton's text generation
+models give their text), `num_tokens` (INT32), `mean_exit_layer` (FP32).
 
 Request parameters (the protocol's $parameters, scalars only): `policy` names the exit policy (default: the
 bundle's), any other name sets a parameter of that policy (`alpha`, `threshold`, `vote_above_chance`, ... as in
@@ -58,8 +59,11 @@ def classify_outputs(num_labels: int) -> tuple[TensorSpec, ...]:
     )
 
 
-CAPTION_OUTPUTS: tuple[TensorSpec, ...] = (TensorSpec("caption", "BYTES", (-1,)), TensorSpec("num_tokens", "INT32", (-1,)),
-                   TensorSpec("mean_exit_layer", "FP32", (-1,)))  # fmt: skip
+CAPTION_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("text_output", "BYTES", (-1,)),  # Triton's name for generated text
+    TensorSpec("num_tokens", "INT32", (-1,)),
+    TensorSpec("mean_exit_layer", "FP32", (-1,)),
+)
 ASKED_ONLY = frozenset({"probabilities"})  # returned when a request names it, not by default
 
 
@@ -162,7 +166,7 @@ async def caption(
     answers = await asyncio.gather(*(captioner.caption(http_request, data, chosen) for data in files))
     vocabulary, count = captioner.bundle.vocabulary, len(answers)
     return chosen, {
-        "caption": OutputTensor("caption", "BYTES", (count,), [vocabulary.decode(a.tokens) for a in answers]),
+        "text_output": OutputTensor("text_output", "BYTES", (count,), [vocabulary.decode(a.tokens) for a in answers]),
         "num_tokens": OutputTensor("num_tokens", "INT32", (count,), [len(a.tokens) for a in answers]),
         "mean_exit_layer": OutputTensor("mean_exit_layer", "FP32", (count,),
                                         [sum(a.exit_layers) / max(len(a.exit_layers), 1) for a in answers]),

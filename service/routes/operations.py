@@ -79,6 +79,7 @@ def _model_entry(model: ServedModel, models: ModelRegistry) -> dict[str, Any]:
         "max_length": manifest.max_length,
         "default_policy": manifest.default_policy,
         "calibration": manifest.calibration or None,
+        "admission": served.admission.summary(),
         "policies": {name: {"params": record.params, "calibration": record.calibration, "test": record.test,
                             "live_threshold": _live_threshold(served, name), "guarantee": record.guarantee}
                      for name, record in manifest.policies.items()},

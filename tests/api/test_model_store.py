@@ -4,6 +4,7 @@ explicit reload, polling, a broken version refused while the old one serves on).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.model_versions.model_admission import SERVING_FILE
 from service.settings import ServerSettings
 from tests.api.conftest import ready_client
 from tests.api.test_caption_api import encoded, scene
@@ -22,8 +24,10 @@ TEXTS = ["a gorgeous, moving film", "dull and far too long"]
 
 @pytest.fixture
 def store(tmp_path: Path, tiny_bundle_dir: Path, tiny_caption_bundle_dir: Path) -> Path:
-    return model_store(tmp_path / "store", {"tiny-sentiment": tiny_bundle_dir, "tiny-other": tiny_bundle_dir,
+    root = model_store(tmp_path / "store", {"tiny-sentiment": tiny_bundle_dir, "tiny-other": tiny_bundle_dir,
                                             "tiny-captioner": tiny_caption_bundle_dir})  # fmt: skip
+    (root / "tiny-other" / SERVING_FILE).write_text(json.dumps({"max_queue_wait_ms": 50, "max_batch_size": 8}))
+    return root
 
 
 @pytest.fixture
@@ -76,6 +80,20 @@ def test_classifiers_and_a_captioner_are_served_side_by_side(client: TestClient)
         assert metric(metrics, "beem_rows_total", model=name, version="1", outcome="answered") >= 2
     assert metric(metrics, "beem_rows_total", model="tiny-captioner", version="1", outcome="answered") == 2
     assert metric(metrics, "beem_requests_total", model="tiny-other", route="/v1/classify", status="200") == 2
+
+
+def test_each_model_serves_with_its_own_admission_settings(client: TestClient) -> None:
+    """tiny-other's serving.json sets its budget and batch; the captioner takes the caption default; /v1/models
+    shows each value and where it came from, and the engines run with them."""
+    models = {entry["name"]: entry["admission"] for entry in client.get("/v1/models").json()["data"]}
+    assert models["tiny-other"]["max_queue_wait_ms"] == {"value": 50.0, "from": "model"}
+    assert models["tiny-other"]["max_batch_size"] == {"value": 8, "from": "model"}
+    assert models["tiny-captioner"]["max_queue_wait_ms"] == {"value": 4000.0, "from": "task default"}
+    assert models["tiny-sentiment"]["max_queue_wait_ms"] == {"value": 500.0, "from": "server default"}
+    registry = client.app.state.models  # type: ignore[attr-defined]
+    assert registry.models["tiny-other"].active.engine.queue.limits.max_queue_wait_ms == 50.0
+    assert registry.models["tiny-other"].active.engine.budget.max_batch_size == 8
+    assert registry.models["tiny-captioner"].active.engine.queue.limits.max_queue_wait_ms == 4000.0
 
 
 @pytest.mark.parametrize(

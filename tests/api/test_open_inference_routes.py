@@ -25,8 +25,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path,
            tiny_caption_bundle_dir: Path) -> Iterator[TestClient]:  # fmt: skip
-    store = model_store(tmp_path_factory.mktemp("v2") / "store", {"tiny-sentiment": tiny_bundle_dir,
-                                                                  "tiny-captioner": tiny_caption_bundle_dir})  # fmt: skip
+    bundles = {"tiny-sentiment": tiny_bundle_dir, "tiny-captioner": tiny_caption_bundle_dir}
+    store = model_store(tmp_path_factory.mktemp("v2") / "store", bundles)
     yield from ready_client(ServerSettings(model_store=store, default_model="tiny-sentiment", poll_interval_s=0,
                                            api_key=KEY, max_inputs_per_request=4))  # fmt: skip
 
@@ -67,7 +67,7 @@ def test_a_caption_from_base64_json(client: TestClient) -> None:
                                                                    "data": [image]}]})  # fmt: skip
     assert status == 200, answer
     outputs = {o["name"]: o for o in answer["outputs"]}
-    assert isinstance(outputs["caption"]["data"][0], str) and outputs["num_tokens"]["datatype"] == "INT32"
+    assert isinstance(outputs["text_output"]["data"][0], str) and outputs["num_tokens"]["datatype"] == "INT32"
 
 
 REFUSED = [

@@ -111,7 +111,7 @@ def test_an_image_is_captioned(client: triton.InferenceServerClient, server: Ser
     result = client.infer(CAPTIONER, [image], parameters={"policy": "full"})
     expected = httpx.post(f"{server.url}/v1/caption", files={"image": ("scene.png", png, "image/png")},
                           data={"policy": json.dumps({"name": "full"})}, timeout=60).json()  # fmt: skip
-    assert result.as_numpy("caption")[0].decode() == expected["caption"]
+    assert result.as_numpy("text_output")[0].decode() == expected["caption"]
     assert result.as_numpy("num_tokens")[0] == len(expected["tokens"])
 
 

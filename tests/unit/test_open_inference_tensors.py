@@ -42,7 +42,7 @@ def test_what_tritonclient_sends_decodes_to_the_elements_sent(values: list[bytes
 
 
 def test_nested_json_data_is_read_in_row_major_order() -> None:
-    body, header_length = _client_body([b"a", b"b", b"c", b"d"], binary=False, shape=[2, 2])
+    body, _ = _client_body([b"a", b"b", b"c", b"d"], binary=False, shape=[2, 2])
     assert json.loads(body)["inputs"][0]["data"] in (["a", "b", "c", "d"], [["a", "b"], ["c", "d"]])
     nested = json.dumps({"inputs": [{"name": "text", "shape": [2, 2], "datatype": "BYTES",
                                      "data": [["a", "b"], ["c", "d"]]}]}).encode()  # fmt: skip
