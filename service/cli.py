@@ -43,6 +43,12 @@ SERVE_FLAGS = (
         "auto | host | device | compiled: device keeps decisions on the GPU, compiled "
         "torch.compiles the host path's layers (auto: device on CUDA, host otherwise)",
     ),
+    ("--header-timeout-s", float, "seconds for a request's line and headers to arrive before 408"),
+    ("--body-timeout-s", float, "seconds for a request's body to arrive before 408"),
+    ("--max-header-bytes", int, "request line and headers before 431"),
+    ("--keep-alive-timeout-s", int, "seconds an idle keep-alive connection stays open"),
+    ("--max-connections", int, "connections or requests at once before 503"),
+    ("--shutdown-drain-s", float, "after SIGTERM, keep answering open connections this long"),
     ("--step-row-buckets", str, "device path: row buckets, e.g. 1,2,4,8,16,32,64,128"),
     ("--step-token-buckets", str, "device path: token buckets, e.g. 16,32,64,128,256"),
 )
@@ -52,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.http_protocol import ConnectionLimits, guarded_protocol
     from service.settings import ServerSettings
 
     overrides = {
@@ -73,9 +80,16 @@ def _serve(args: argparse.Namespace) -> int:
     except BundleError as error:
         print(f"beem serve: cannot serve this bundle: {error}", file=sys.stderr)
         return 2
+
+    def draining() -> None:  # readiness says no from the signal on: a load balancer stops sending
+        app.state.shutting_down = True
+
+    limits = ConnectionLimits(header_timeout_s=settings.header_timeout_s, max_header_bytes=settings.max_header_bytes,
+                              drain_s=settings.shutdown_drain_s, on_drain=draining)  # fmt: skip
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level="info", access_log=settings.access_log,
-        timeout_graceful_shutdown=60,
+        timeout_graceful_shutdown=60, http=guarded_protocol(limits),  # type: ignore[arg-type]
+        timeout_keep_alive=settings.keep_alive_timeout_s, limit_concurrency=settings.max_connections,
     )  # fmt: skip
     return 0
 

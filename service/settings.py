@@ -109,6 +109,22 @@ class ServerSettings(BaseSettings):
     )
     torch_threads: int | None = Field(None, ge=1)
     api_key: SecretStr | None = None
+    # HTTP connections (service/http_protocol.py): what a slow, silent or oversized connection may hold.
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's line and headers must arrive within this (from the connection's start "
+        "or the request's first byte); else 408 and the connection is closed",
+    )  # fmt: skip
+    body_timeout_s: float = Field(30.0, gt=0, description="a request's whole body must arrive within this; else 408")
+    max_header_bytes: int = Field(65536, ge=1024, description="request line and headers together; beyond it 431")
+    keep_alive_timeout_s: int = Field(5, ge=1, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(
+        4096, ge=1, description="connections (or requests) at once; a request beyond it gets 503 (uvicorn's "
+        "limit_concurrency)",
+    )  # fmt: skip
+    shutdown_drain_s: float = Field(
+        3.0, ge=0, description="after SIGTERM, requests arriving on open connections are still answered this long "
+        "(with Connection: close); new connections are refused",
+    )  # fmt: skip
     access_log: bool = Field(False, description="log every request (uvicorn's access log); metrics count them anyway")
 
     @model_validator(mode="after")
