@@ -159,7 +159,7 @@ def test_after_sigterm_an_open_keep_alive_connection_is_still_answered_with_conn
 
 
 def test_keep_alive_clients_sending_through_sigterm_lose_no_request_sent_before_it(tiny_bundle_dir: Path) -> None:
-    """Four plain keep-alive clients send back to back while the signal lands: every request begun before the
+    """16 plain keep-alive clients send back to back while the signal lands: every request begun before the
     signal is answered (after it, a client whose connection was closed may find new connections refused)."""
     running = ServerProcess(tiny_bundle_dir, *LIMITS)
     outcomes: list[tuple[float, bool]] = []  # (when the request was begun, answered)
@@ -179,7 +179,7 @@ def test_keep_alive_clients_sending_through_sigterm_lose_no_request_sent_before_
 
     try:
         running.wait_ready()
-        clients = [threading.Thread(target=client_loop) for _ in range(4)]
+        clients = [threading.Thread(target=client_loop) for _ in range(16)]
         for thread in clients:
             thread.start()
         time.sleep(1.0)
