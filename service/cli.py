@@ -32,6 +32,7 @@ SERVE_FLAGS = (
     ("--max-batch-tokens", int, "padded tokens in the engine at once"),
     ("--max-queue", int, "rows waiting to join the engine before 429"),
     ("--max-queue-wait-ms", float, "expected queue wait before 429"),
+    ("--refusal-pace-ms", float, "a 429 for load is answered after this long (0: at once)"),
     ("--group-selection", str, f"{' | '.join(GROUP_SELECTION_RULES)}: which group of rows runs next"),
     ("--request-timeout-s", float, "seconds before a request gets 504"),
     ("--max-input-tokens", int, "tokens per input (default: the bundle's max_length)"),

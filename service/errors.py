@@ -6,6 +6,7 @@ can tell a bad request from an overloaded server without parsing prose.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import ClassVar
@@ -144,7 +145,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, str(error), "validation")
 
     @app.exception_handler(QueueFullError)
-    async def _queue_full(_: Request, error: QueueFullError) -> JSONResponse:
+    async def _queue_full(request: Request, error: QueueFullError) -> JSONResponse:
+        # Paced: a client that resends at once on 429 (ignoring Retry-After) cannot resend faster than this, so a
+        # retry storm's refusals cannot take the cores from the admitted requests (the wait costs no CPU).
+        pace_s = request.app.state.settings.refusal_pace_ms / 1000
+        if pace_s > 0:
+            await asyncio.sleep(pace_s)
         retry_after = str(int(error.retry_after_s))
         return error_response(429, f"overloaded: {error}", "overloaded", {"Retry-After": retry_after})
 

@@ -77,6 +77,10 @@ class ServerSettings(BaseSettings):
     max_queue_wait_ms: float = Field(
         500.0, gt=0, description="expected wait of a new request (work ahead / measured drain rate); beyond it 429"
     )
+    refusal_pace_ms: float = Field(
+        100.0, ge=0, le=10_000, description="a request refused with 429 for load is answered after this long (no CPU "
+        "spent waiting): clients that retry at once cannot turn refusals into a storm that starves the admitted",
+    )  # fmt: skip
     group_selection: Literal["deepest", "shallowest", "oldest", "merging"] = Field(
         "oldest",
         description="which group of rows the engine advances next (service/engine/classify/group_selection.py)",

@@ -3,6 +3,8 @@ ready."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -44,3 +46,41 @@ def test_not_ready_before_the_model_is_loaded(tiny_bundle_dir: Path) -> None:
     response = client.post("/v1/classify", json={"inputs": "too early"})
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
+
+
+def _overloaded(client: TestClient) -> None:
+    """The default model's engine reports 10 rows a second and 30 in flight: every request is refused."""
+    engine = client.app.state.models.default_for("classification").active.engine  # type: ignore[attr-defined]
+    engine.drain.record(10, 1.0)
+    engine.queue.report_load(30)
+
+
+def test_a_refusal_is_paced_so_clients_that_retry_at_once_cannot_storm(tiny_bundle_dir: Path) -> None:
+    """Eight clients resending at once on 429 for 0.6 s, refusals paced at 200 ms: at most 8 x (0.6 / 0.2 + 1)
+    refusals (unpaced, each client sends hundreds); each refusal takes at least the pace, costing no CPU."""
+    for client in ready_client(ServerSettings(bundle=tiny_bundle_dir, max_queue_wait_ms=100, refusal_pace_ms=200)):
+        _overloaded(client)
+        refusals: list[float] = []
+        stop_at = time.monotonic() + 0.6
+
+        def retrying() -> None:
+            while time.monotonic() < stop_at:
+                started = time.monotonic()
+                assert client.post("/v1/classify", json={"inputs": "again"}).status_code == 429
+                refusals.append(time.monotonic() - started)
+
+        threads = [threading.Thread(target=retrying) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert 8 <= len(refusals) <= 8 * 4
+        assert min(refusals) >= 0.2
+
+
+def test_with_no_pace_a_refusal_is_answered_at_once(tiny_bundle_dir: Path) -> None:
+    for client in ready_client(ServerSettings(bundle=tiny_bundle_dir, max_queue_wait_ms=100, refusal_pace_ms=0)):
+        _overloaded(client)
+        started = time.monotonic()
+        assert client.post("/v1/classify", json={"inputs": "again"}).status_code == 429
+        assert time.monotonic() - started < 0.2
