@@ -55,21 +55,22 @@ def _overloaded(client: TestClient) -> None:
     engine.queue.report_load(30)
 
 
+def _retrying(client: TestClient, stop_at: float, refusals: list[float]) -> None:
+    while time.monotonic() < stop_at:
+        started = time.monotonic()
+        assert client.post("/v1/classify", json={"inputs": "again"}).status_code == 429
+        refusals.append(time.monotonic() - started)
+
+
 def test_a_refusal_is_paced_so_clients_that_retry_at_once_cannot_storm(tiny_bundle_dir: Path) -> None:
     """Eight clients resending at once on 429 for 0.6 s, refusals paced at 200 ms: at most 8 x (0.6 / 0.2 + 1)
     refusals (unpaced, each client sends hundreds); each refusal takes at least the pace, costing no CPU."""
-    for client in ready_client(ServerSettings(bundle=tiny_bundle_dir, max_queue_wait_ms=100, refusal_pace_ms=200)):
+    settings = ServerSettings(bundle=tiny_bundle_dir, max_queue_wait_ms=100, refusal_pace_ms=200)
+    for client in ready_client(settings):
         _overloaded(client)
         refusals: list[float] = []
-        stop_at = time.monotonic() + 0.6
-
-        def retrying() -> None:
-            while time.monotonic() < stop_at:
-                started = time.monotonic()
-                assert client.post("/v1/classify", json={"inputs": "again"}).status_code == 429
-                refusals.append(time.monotonic() - started)
-
-        threads = [threading.Thread(target=retrying) for _ in range(8)]
+        threads = [threading.Thread(target=_retrying, args=(client, time.monotonic() + 0.6, refusals))
+                   for _ in range(8)]  # fmt: skip
         for thread in threads:
             thread.start()
         for thread in threads:
