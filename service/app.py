@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
 import signal
 import time
@@ -87,8 +86,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(open_inference.health_router)
     app.include_router(open_inference.router)
     # Added last = outermost: requests rejected for their size are counted too.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes,
-                       body_timeout_s=settings.body_timeout_s)  # fmt: skip
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, counted=counted)
     return app
 
@@ -142,13 +140,12 @@ class RequestMetricsMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """413 for a body over the limit, declared (Content-Length) or streamed, and 408 for one that has not arrived
-    within `body_timeout_s` (a client trickling its body holds a request open), before any of it is parsed."""
+    """413 for a body over the limit, declared (Content-Length) or streamed, before any of it is parsed. (A body
+    that trickles in is the connection's limit: service/http_protocol.py.)"""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float = math.inf) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,22 +157,15 @@ class BodySizeLimitMiddleware:
             return
         body = bytearray()
         more = True
-        try:
-            async with asyncio.timeout(None if math.isinf(self.body_timeout_s) else self.body_timeout_s):
-                while more:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    body += message.get("body", b"")
-                    more = message.get("more_body", False)
-                    if len(body) > self.max_body_bytes:
-                        await self._reject(scope, receive, send)
-                        return
-        except TimeoutError:
-            late = error_response(408, f"request body not received within {self.body_timeout_s:g} s", "timeout",
-                                  {"connection": "close"})  # fmt: skip
-            await late(scope, receive, send)
-            return
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                await self._reject(scope, receive, send)
+                return
         replayed = False
 
         async def replay() -> Message:

@@ -85,8 +85,9 @@ def _serve(args: argparse.Namespace) -> int:
     def draining() -> None:  # readiness says no from the signal on: a load balancer stops sending
         app.state.shutting_down = True
 
-    limits = ConnectionLimits(header_timeout_s=settings.header_timeout_s, max_header_bytes=settings.max_header_bytes,
-                              drain_s=settings.shutdown_drain_s, on_drain=draining)  # fmt: skip
+    limits = ConnectionLimits(header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s,
+                              max_header_bytes=settings.max_header_bytes, drain_s=settings.shutdown_drain_s,
+                              on_drain=draining)  # fmt: skip
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level="info", access_log=settings.access_log,
         timeout_graceful_shutdown=60, http=guarded_protocol(limits),  # type: ignore[arg-type]
