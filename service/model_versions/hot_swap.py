@@ -116,7 +116,7 @@ class VersionWatcher:
             if manifest.name != model.name or manifest.task != model.task:
                 raise BundleError(directory, f"a {manifest.task} bundle named {manifest.name!r}, not a version of "
                                              f"the {model.task} model {model.name!r}")  # fmt: skip
-            new = start_version(self.settings, manifest)
+            new = start_version(self.settings, manifest, models_served=len(self.registry.models))
             await asyncio.to_thread(new.load, SWAP_LOADING_THREADS)
         except Exception as error:
             reason = new.error if new is not None and new.error else f"{type(error).__name__}: {error}"

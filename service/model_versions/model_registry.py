@@ -55,13 +55,14 @@ class ModelRegistry:
         self.settings = settings
         self.models: dict[str, ServedModel] = {}
         bundle_model = None  # the model of the `bundle` setting, when it is served: the default unless one is named
-        for directory, watched in _served_directories(settings):
+        served = _served_directories(settings)
+        for directory, watched in served:
             manifest = read_manifest(resolve_bundle_dir(directory))
             if directory.resolve() == settings.bundle.resolve():
                 bundle_model = manifest.name
             if manifest.name in self.models:
                 raise BundleError(directory, f"a second bundle of model {manifest.name!r}: serve one directory each")
-            version = start_version(settings, manifest)
+            version = start_version(settings, manifest, models_served=len(served))
             model = ServedModel(manifest.name, manifest.task, watched, version)
             model.record(version.version, VersionStatus.LOADING)
             self.models[manifest.name] = model

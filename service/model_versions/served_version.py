@@ -125,11 +125,12 @@ class ServedVersion:
         self.monitor = self.service.monitor = None
 
 
-def start_version(settings: ServerSettings, manifest: Manifest) -> ServedVersion:
+def start_version(settings: ServerSettings, manifest: Manifest, models_served: int = 1) -> ServedVersion:
     """A version whose manifest has been read and verified, with its engine built but not loaded, on its model's
-    own admission settings (`model_admission.py`: read from the model directory, the version's parent)."""
+    own admission settings (`model_admission.py`: read from the model directory, the version's parent; its share
+    of the cores among `models_served`)."""
     task = task_named(manifest.task)
-    admission = model_admission(settings, task.name, manifest.path.parent.parent)
+    admission = model_admission(settings, task.name, manifest.path.parent.parent, models_served)
     engine = build_engine(admission.settings, task.name, manifest.num_layers)
     service = task.make_service(engine, admission.settings)
     return ServedVersion(manifest.name, manifest.path.parent, manifest, engine, service, admission)

@@ -13,7 +13,7 @@ from beem.bundle.manifest import BundleError
 from service.engine.admission_queue import AdmissionLimits, AdmissionQueue, QueueFullError
 from service.engine.row_ledger import RowLedger
 from service.metrics import ServiceMetrics
-from service.model_versions.model_admission import SERVING_FILE, model_admission
+from service.model_versions.model_admission import CORES, SERVING_FILE, model_admission
 from service.settings import ServerSettings
 from service.tasks import CAPTION
 from tests.engine.test_admission import FakeClock, Row, measured
@@ -38,10 +38,29 @@ def test_where_a_models_wait_budget_comes_from(
     assert admission.sources["max_batch_size"] == "server default"
 
 
+@pytest.mark.parametrize(("models", "own", "flags", "expected"), [
+    (1, {}, {}, (None, "server default")),  # one model: torch's own default, every core
+    (2, {}, {}, (max(1, CORES // 2), f"a share of {CORES} cores")),
+    (3, {}, {}, (max(1, CORES // 3), f"a share of {CORES} cores")),
+    (2, {}, {"torch_threads": 2}, (2, "server")),
+    (2, {"torch_threads": 2}, {"torch_threads": 1}, (2, "model")),
+])  # fmt: skip
+def test_several_models_share_the_cores_unless_told_otherwise(
+    tmp_path: Path, tiny_bundle_dir: Path, models: int, own: dict[str, int], flags: dict[str, int],
+    expected: tuple[int | None, str],
+) -> None:  # fmt: skip
+    if own:
+        (tmp_path / SERVING_FILE).write_text(json.dumps(own))
+    settings = ServerSettings(bundle=tiny_bundle_dir, **flags)
+    admission = model_admission(settings, "classification", tmp_path, models_served=models)
+    assert (admission.settings.torch_threads, admission.sources["torch_threads"]) == expected
+
+
 @pytest.mark.parametrize(("content", "says"), [
     ("{not json", "not a valid serving.json"),
     (json.dumps({"max_queue_wait_ms": -1}), "greater than 0"),
-    (json.dumps({"torch_threads": 4}), "Extra inputs"),
+    (json.dumps({"request_timeout_s": 4}), "Extra inputs"),
+    (json.dumps({"torch_threads": 0}), "greater than or equal to 1"),
     (json.dumps({"max_queue": 2}), "max_inputs_per_request"),  # below the server's 64 inputs a request
 ])  # fmt: skip
 def test_a_bad_serving_file_is_refused_with_its_path_and_reason(
