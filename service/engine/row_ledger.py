@@ -36,6 +36,16 @@ class RowLedger:
         self.shadow_rows_left_engine = 0  # shadow rows that joined the engine and have left it since (the queue
         # counts those it handed out: the difference is what its cap counts)
 
+    def totals(self) -> dict[str, object]:
+        """Rows admitted and rows left by fate, as counted so far: what an unloaded version leaves behind
+        (`/v1/models`), since its metrics leave /metrics with it. Admitted rows all leave by a fate other than
+        `shed` (rows refused at admission are never admitted), so a settled engine has admitted == sum of the rest."""
+        registry = self.metrics.registry
+        admitted = registry.get_sample_value("beem_admitted_rows_total", {"task": self.task}) or 0.0
+        left = {fate.value: registry.get_sample_value("beem_rows_total", {"task": self.task, "outcome": fate.value})
+                for fate in RowFate}  # fmt: skip
+        return {"admitted": int(admitted), "left": {fate: int(count or 0) for fate, count in left.items()}}
+
     def admitted(self, count: int) -> None:
         self._admitted.inc(count)
 

@@ -151,7 +151,7 @@ class VersionWatcher:
         drained = time.perf_counter()
         await asyncio.to_thread(old.unload)
         model.draining.remove(old)
-        model.record(old.version, VersionStatus.UNLOADED)
+        model.record(old.version, VersionStatus.UNLOADED, rows=old.engine.ledger.totals())
         log.info("model %s: version %s drained in %.2f s, unloaded in %.2f s", model.name, old.version,
                  drained - started, time.perf_counter() - drained)  # fmt: skip
 

@@ -30,6 +30,7 @@ class VersionRecord:
     version: str
     status: VersionStatus
     error: str | None = None
+    rows: dict[str, object] | None = None  # an unloaded version's final row ledger (`RowLedger.totals`)
 
 
 @dataclass(eq=False)
@@ -41,8 +42,10 @@ class ServedModel:
     draining: list[ServedVersion] = field(default_factory=list)  # older versions finishing their requests
     history: dict[str, VersionRecord] = field(default_factory=dict)  # every version seen, by version
 
-    def record(self, version: str, status: VersionStatus, error: str | None = None) -> None:
-        self.history[version] = VersionRecord(version, status, error)
+    def record(
+        self, version: str, status: VersionStatus, error: str | None = None, rows: dict[str, object] | None = None
+    ) -> None:
+        self.history[version] = VersionRecord(version, status, error, rows)
 
     def live_versions(self) -> list[ServedVersion]:
         return [self.active, *self.draining]

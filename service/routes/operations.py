@@ -84,7 +84,8 @@ def _model_entry(model: ServedModel, models: ModelRegistry) -> dict[str, Any]:
                             "live_threshold": _live_threshold(served, name), "guarantee": record.guarantee}
                      for name, record in manifest.policies.items()},
         "data": manifest.data or None,
-        "versions": [{"version": record.version, "status": record.status.value, "error": record.error}
+        "versions": [{"version": record.version, "status": record.status.value, "error": record.error,
+                      "rows": record.rows}
                      for record in sorted(model.history.values(), key=lambda r: int(r.version))],
         "shadow": None if monitor is None else monitor.summary(),
     }  # fmt: skip

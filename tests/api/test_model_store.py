@@ -60,7 +60,7 @@ def test_classifiers_and_a_captioner_are_served_side_by_side(client: TestClient)
     assert models["tiny-captioner"]["default_for"] == ["caption"]
     for entry in models.values():
         assert entry["status"] == "serving" and entry["ready"]
-        assert entry["versions"] == [{"version": "1", "status": "serving", "error": None}]
+        assert entry["versions"] == [{"version": "1", "status": "serving", "error": None, "rows": None}]
 
     for name in ("tiny-sentiment", "tiny-other", "tiny-other:1"):
         response = client.post("/v1/classify", json={"inputs": TEXTS, "model": name})

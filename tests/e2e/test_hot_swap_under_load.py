@@ -44,8 +44,12 @@ def test_a_version_swaps_in_under_16_client_load_with_no_failed_request(tmp_path
     assert answered_by[0] == "tiny-sentiment:1" and answered_by[-1] == "tiny-sentiment:2"
     first_v2 = answered_by.index("tiny-sentiment:2")
     assert set(answered_by[first_v2 + CLIENTS :]) == {"tiny-sentiment:2"}  # once swapped, new requests go to 2
-    assert versions == [{"version": "1", "status": "unloaded", "error": None},
-                        {"version": "2", "status": "serving", "error": None}]  # fmt: skip
+    assert [(v["version"], v["status"], v["error"]) for v in versions] == [("1", "unloaded", None),
+                                                                            ("2", "serving", None)]  # fmt: skip
+    # The unloaded version's final ledger: every row it admitted left it, answered (none shed at 16 clients).
+    left = versions[0]["rows"]["left"]
+    assert versions[0]["rows"]["admitted"] == left["answered"] == answered_by.count("tiny-sentiment:1") > 0
+    assert versions[1]["rows"] is None
     assert 'beem_model_reloads_total{model="tiny-sentiment",outcome="loaded"} 1.0' in metrics
 
 
