@@ -24,6 +24,7 @@ from pathlib import Path
 
 from beem.bundle.manifest import BundleError, read_manifest
 from service.metrics import ServerMetrics
+from service.model_versions.memory_release import release_freed_memory
 from service.model_versions.model_registry import ModelRegistry, ServedModel
 from service.model_versions.served_version import ServedVersion, VersionStatus, start_version
 from service.settings import ServerSettings
@@ -150,6 +151,7 @@ class VersionWatcher:
             await asyncio.sleep(DRAIN_POLL_S)
         drained = time.perf_counter()
         await asyncio.to_thread(old.unload)
+        await asyncio.to_thread(release_freed_memory)
         model.draining.remove(old)
         model.record(old.version, VersionStatus.UNLOADED, rows=old.engine.ledger.totals())
         log.info("model %s: version %s drained in %.2f s, unloaded in %.2f s", model.name, old.version,
