@@ -4,9 +4,11 @@ writes it), another model the same bundle under another name, a broken version o
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
-from beem.bundle.manifest import WEIGHTS_FILE
+from beem.bundle.manifest import MANIFEST_FILE, WEIGHTS_FILE
 from beem.bundle.version_copy import copy_as_version
 
 
@@ -24,6 +26,16 @@ def add_broken_version(model_dir: Path, bundle_dir: Path, version: int) -> Path:
     (staging / str(version)).rename(target)
     staging.rmdir()
     return target
+
+
+def unbuildable_bundle(bundle_dir: Path, directory: Path) -> Path:
+    """A copy of `bundle_dir` at `directory` whose exit heads' width no longer fits its weights: it verifies (the
+    manifest is not checksummed) but its model cannot be built, so a server on it starts and never becomes ready."""
+    shutil.copytree(bundle_dir, directory)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest["exit_heads"]["hidden_size"] = 31
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return directory
 
 
 def model_store(root: Path, bundles: dict[str, Path]) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.api.test_caption_api import encoded, scene
 from tests.e2e.test_real_server import TEXTS, ServerProcess
-from tests.model_store_builders import model_store
+from tests.model_store_builders import model_store, unbuildable_bundle
 
 CLASSIFIER, CAPTIONER = "tiny-sentiment", "tiny-captioner"
 
@@ -154,12 +153,7 @@ def test_the_asyncio_client_runs_requests_concurrently(server: ServerProcess) ->
 
 def test_a_server_that_is_not_ready_says_so(tiny_bundle_dir: Path, tmp_path: Path) -> None:
     """A bundle whose model cannot be built never becomes ready: live, not ready, and infer gets a 503."""
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_bundle_dir, broken)
-    manifest = json.loads((broken / "manifest.json").read_text())
-    manifest["exit_heads"]["hidden_size"] = 31
-    (broken / "manifest.json").write_text(json.dumps(manifest))
-    running = ServerProcess(broken)
+    running = ServerProcess(unbuildable_bundle(tiny_bundle_dir, tmp_path / "broken"))
     try:
         client = triton.InferenceServerClient(url=running.url.removeprefix("http://"))
         deadline = time.monotonic() + 60

@@ -4,8 +4,6 @@ against a real `beem serve` process: what a user of TEI would run, unchanged."""
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
 from tests.e2e.test_real_server import TEXTS, ServerProcess
+from tests.model_store_builders import unbuildable_bundle
 
 KEY = "s3cret"
 
@@ -68,12 +67,7 @@ def test_a_wrong_api_key_is_refused_with_401(guarded_server: ServerProcess) -> N
 def test_a_server_that_is_not_ready_answers_503(tiny_bundle_dir: Path, tmp_path: Path) -> None:
     """A bundle whose model cannot be built (its exit heads' width changed after export) never becomes ready:
     the client gets a 503 with the reason, as from a TEI whose backend is unhealthy."""
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_bundle_dir, broken)
-    manifest = json.loads((broken / "manifest.json").read_text())
-    manifest["exit_heads"]["hidden_size"] = 31
-    (broken / "manifest.json").write_text(json.dumps(manifest))
-    running = ServerProcess(broken)
+    running = ServerProcess(unbuildable_bundle(tiny_bundle_dir, tmp_path / "broken"))
     try:
         deadline = time.monotonic() + 60
         while not _readyz_error(running):  # the load has failed: the server will never be ready
