@@ -22,6 +22,7 @@ from beem.bundle.manifest import Manifest
 from beem.captioning.caption_bundle import LoadedCaptionBundle, load_caption_bundle
 from beem.captioning.caption_rows import CaptionRows
 from beem.captioning.captioner import IMAGE_SIZE
+from beem.captioning.inference_encoder import inference_encoder
 from beem.policies.array_policies import RowPolicies
 from service.engine.abandoned_rows import CancellationWatch, abandoned_fate
 from service.engine.caption.image_row import ImageRow
@@ -58,6 +59,9 @@ class CaptionEngine(StepEngine[LoadedCaptionBundle, ImageRow]):
 
     def _load_bundle(self, bundle_path: Path, manifest: Manifest | None) -> LoadedCaptionBundle:
         bundle = load_caption_bundle(bundle_path, device=str(self.device), dtype=self.dtype, manifest=manifest)
+        # BatchNorms folded, channels-last on the CPU (`inference_encoder.py`): the encoder is most of a caption's
+        # cost under load.
+        bundle.captioner.encoder = inference_encoder(bundle.captioner.encoder, self.device)
         self._flight = CaptionsInFlight.empty(bundle, self._cancellations)
         return bundle
 
