@@ -24,13 +24,18 @@ from tests.model_store_builders import add_version
 
 CLIENTS = 16
 MAX_LOAD_S = 90.0
+# The wait budget is raised far above the default 500 ms: the new version is loaded (and, in the second test,
+# recalibrated in this test process) on the same two cores the 16 clients load, and on a slow machine that work
+# alone pushed the expected queue wait past 500 ms (2 of 444 requests refused with 429 in one full-suite run).
+# These tests are about the swap losing no request; admission under CPU contention has its own tests.
+SWAP_SERVER_FLAGS = ("--poll-interval-s", "0", "--max-batch-wait-ms", "2", "--max-queue-wait-ms", "10000")
 
 
 def test_a_version_swaps_in_under_16_client_load_with_no_failed_request(tmp_path: Path, tiny_bundle_dir: Path) -> None:
     model_dir = tmp_path / "store" / "tiny-sentiment"
     model_dir.mkdir(parents=True)
     add_version(model_dir, tiny_bundle_dir, 1)
-    server = ServerProcess(model_dir, "--poll-interval-s", "0", "--max-batch-wait-ms", "2")
+    server = ServerProcess(model_dir, *SWAP_SERVER_FLAGS)
     try:
         server.wait_ready()
         statuses, answered_by = asyncio.run(
@@ -64,7 +69,7 @@ def test_a_recalibrated_version_swaps_in_under_load_with_its_new_thresholds_live
     texts_file = tmp_path / "requests.txt"
     texts_file.write_text("\n".join(json.loads(line)["text"] for line in tiny_data_file.read_text().splitlines()))
     options = CalibrationOptions(selection_rule="ltt", epsilon=0.25, delta=0.1, risk="disagreement")
-    server = ServerProcess(model_dir, "--poll-interval-s", "0", "--max-batch-wait-ms", "2")
+    server = ServerProcess(model_dir, *SWAP_SERVER_FLAGS)
     try:
         server.wait_ready()
         before = _live_thresholds(httpx.get(f"{server.url}/v1/models").json())
