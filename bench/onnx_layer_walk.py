@@ -24,6 +24,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,29 @@ def session(path: Path, threads: int, spinning: bool) -> Any:
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def embedded(bundle: LoadedBundle, encoded: Any) -> Any:
+    return bundle.model.embed(encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"))
+
+
+def torch_walk(bundle: LoadedBundle, encoded: Any) -> list[torch.Tensor]:
+    """Every exit's (B, C) logits the host path's way: embed, then each layer and its exit head, eager."""
+    state, exits = embedded(bundle, encoded), []
+    for _ in range(bundle.num_layers):
+        state = bundle.model.run_layer(state)
+        exits.append(bundle.model.exit_logits(state))
+    return exits
+
+
+def onnx_walk(bundle: LoadedBundle, sessions: list[tuple[Any, Any]], encoded: Any) -> list[torch.Tensor]:
+    """The same walk with ONNX Runtime's (layer, head) sessions after torch's embedding; numpy hand-over, no copy."""
+    hidden, mask = embedded(bundle, encoded).hidden.numpy(), encoded["attention_mask"].numpy()
+    exits = []
+    for layer, head in sessions:
+        hidden = layer.run(None, {"hidden": hidden, "attention_mask": mask})[0]  # (B, T, H)
+        exits.append(torch.from_numpy(head.run(None, {"hidden": hidden, "attention_mask": mask})[0]))  # (B, C)
+    return exits
+
+
 def median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1e3
 
@@ -131,24 +155,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for layer, head in zip(layer_files, head_files, strict=True)]  # fmt: skip
     texts = list(test_texts()[: args.texts])
 
-    def embedded(encoded: Any) -> Any:
-        return model.embed(encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"))
-
-    def torch_walk(encoded: Any) -> list[torch.Tensor]:
-        state, exits = embedded(encoded), []
-        for _ in range(bundle.num_layers):
-            state = model.run_layer(state)
-            exits.append(model.exit_logits(state))  # (B, C)
-        return exits
-
-    def onnx_walk(encoded: Any) -> list[torch.Tensor]:
-        hidden, mask = embedded(encoded).hidden.numpy(), encoded["attention_mask"].numpy()
-        exits = []
-        for layer, head in sessions:
-            hidden = layer.run(None, {"hidden": hidden, "attention_mask": mask})[0]
-            exits.append(torch.from_numpy(head.run(None, {"hidden": hidden, "attention_mask": mask})[0]))
-        return exits
-
     def torch_layers(state: Any) -> None:
         for _ in range(bundle.num_layers):
             state = model.run_layer(state)
@@ -163,15 +169,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for batch in BATCH_SIZES:
             groups = [bundle.tokenizer(texts[start : start + batch], padding=True, return_tensors="pt")
                       for start in range(0, len(texts) - batch + 1, batch)]  # fmt: skip
-            states = [embedded(group) for group in groups]
+            states = [embedded(bundle, group) for group in groups]
             gap, differing, compared = 0.0, 0, 0
             for group in groups:
-                for ours, theirs in zip(torch_walk(group), onnx_walk(group), strict=True):
+                for ours, theirs in zip(torch_walk(bundle, group), onnx_walk(bundle, sessions, group), strict=True):
                     gap = max(gap, float((ours - theirs).abs().max()))
                     differing += int((ours.argmax(-1) != theirs.argmax(-1)).sum())
                     compared += ours.shape[0]
             calls: dict[str, tuple[Callable[[Any], Any], list[Any]]] = {
-                "torch walk": (torch_walk, groups), "onnx walk": (onnx_walk, groups),
+                "torch walk": (partial(torch_walk, bundle), groups),
+                "onnx walk": (partial(onnx_walk, bundle, sessions), groups),
                 "torch layers": (torch_layers, states), "onnx layers": (onnx_layers, states),
             }  # fmt: skip
             times: dict[str, list[float]] = {name: [] for name in calls}
